@@ -1,0 +1,88 @@
+"""Training batches as a pure function of (seed, step), and their conversion to model inputs.
+
+Every step's sample indices and augmentation draws are derived from the run seed and the step
+number alone: labeled and unlabeled streams walk a fresh seeded permutation per epoch of their own
+set. A resumed run therefore needs only the step to continue bit-for-bit, and background workers
+can produce steps in any order without sharing random state.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from debiaspl.data.augment import strong_augment, weak_augment
+from debiaspl.data.datasets import ImageSet
+
+_LABELED_STREAM, _UNLABELED_STREAM, _AUGMENT_STREAM = 1, 2, 3
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that mixes all parts (no collisions like seed + step would have)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def stream_indices(set_size: int, batch_size: int, step: int, seed: int, stream: int) -> torch.Tensor:
+    """Indices [batch_size] of `step`'s batch from an infinite stream of per-epoch permutations."""
+    start = step * batch_size
+    first_epoch, last_epoch = start // set_size, (start + batch_size - 1) // set_size
+    perms = [torch.randperm(set_size, generator=torch.Generator().manual_seed(derive_seed(seed, stream, epoch)))
+             for epoch in range(first_epoch, last_epoch + 1)]
+    offset = start - first_epoch * set_size
+    return torch.cat(perms)[offset:offset + batch_size]
+
+
+def make_train_batch(labeled: ImageSet, unlabeled: ImageSet, step: int, *, batch_size: int,
+                     unlabeled_ratio: int, seed: int, strong_variant: str) -> dict[str, torch.Tensor]:
+    """The batch of one step (uint8 images; y_ulb is the hidden truth, for monitoring only).
+
+    Keys: x_lb [B,C,H,W], y_lb [B], idx_lb [B], x_ulb_weak / x_ulb_strong [mu*B,C,H,W], y_ulb,
+    idx_ulb [mu*B], step (0-d int64).
+    """
+    idx_lb = stream_indices(len(labeled.labels), batch_size, step, seed, _LABELED_STREAM)
+    idx_ulb = stream_indices(len(unlabeled.labels), batch_size * unlabeled_ratio, step, seed, _UNLABELED_STREAM)
+    generator = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT_STREAM, step))
+    x_ulb = unlabeled.images[idx_ulb]
+    return {
+        "x_lb": weak_augment(labeled.images[idx_lb], generator),
+        "y_lb": labeled.labels[idx_lb],
+        "idx_lb": idx_lb,
+        "x_ulb_weak": weak_augment(x_ulb, generator),
+        "x_ulb_strong": strong_augment(x_ulb, generator, strong_variant),
+        "y_ulb": unlabeled.labels[idx_ulb],
+        "idx_ulb": idx_ulb,
+        "step": torch.tensor(step),
+    }
+
+
+class TrainBatches(IterableDataset):
+    """Batches for steps [start_step, end_step); worker w of W makes the steps with step % W == w.
+
+    DataLoader takes one item from each worker in turn, so steps still arrive in order.
+    """
+
+    def __init__(self, labeled: ImageSet, unlabeled: ImageSet, start_step: int, end_step: int, **batch_options):
+        self.labeled, self.unlabeled = labeled, unlabeled
+        self.start_step, self.end_step = start_step, end_step
+        self.batch_options = batch_options
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        worker = get_worker_info()
+        worker_id, num_workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        for step in range(self.start_step + worker_id, self.end_step, num_workers):
+            yield make_train_batch(self.labeled, self.unlabeled, step, **self.batch_options)
+
+
+def train_loader(labeled: ImageSet, unlabeled: ImageSet, *, start_step: int, end_step: int, num_workers: int,
+                 pin_memory: bool, **batch_options) -> DataLoader:
+    batches = TrainBatches(labeled, unlabeled, start_step, end_step, **batch_options)
+    return DataLoader(batches, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      prefetch_factor=4 if num_workers else None)
+
+
+def to_model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> normalized float32 on the same device; mean, std: [C] in [0, 1] units."""
+    return (images.float().div_(255.0) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)

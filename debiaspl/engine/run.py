@@ -1,0 +1,108 @@
+"""A run folder's life: create or resume it, train, and record the results.
+
+Layout of `runs/<name>/`: config.yaml (resolved config), run_info.json (class names and counts),
+metrics.jsonl, TensorBoard event files, checkpoint.pt (latest, resumable), results.json (written
+when the run finishes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from debiaspl.config import ExperimentConfig, from_dict, save_config, to_dict
+from debiaspl.data.prepare import prepare_data
+from debiaspl.engine.checkpoint import load_checkpoint
+from debiaspl.engine.run_log import RunLog
+from debiaspl.engine.trainer import Trainer
+from debiaspl.errors import UserError
+
+CHECKPOINT_NAME, RESULTS_NAME, CONFIG_NAME = "checkpoint.pt", "results.json", "config.yaml"
+
+# Keys that change where and how a run reports, never its trained weights: they may differ on resume.
+RESUME_SAFE_KEYS = frozenset({
+    "data.root", "data.download", "data.num_workers", "train.device", "eval.batch_size",
+    "logging.run_dir", "logging.log_interval", "logging.checkpoint_interval", "logging.progress_bar",
+})
+
+
+def run_folder(config: ExperimentConfig) -> Path:
+    return Path(config.logging.run_dir) / config.logging.run_name
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)  # the config loader has checked the spelling
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device = {name!r}, but torch sees no CUDA device here; use cpu or auto")
+    return device
+
+
+def train_run(config: ExperimentConfig) -> dict:
+    """Train into the config's run folder, resuming it when it holds a checkpoint; returns results."""
+    run_dir = run_folder(config)
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    state = None
+    if checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)
+        check_resumable(from_dict(state["config"], source=str(checkpoint_path)), config, run_dir)
+        if (run_dir / RESULTS_NAME).exists() and state["step"] >= config.train.steps:
+            print(f"{run_dir}: already finished at step {state['step']}; results in {run_dir / RESULTS_NAME}")
+            return json.loads((run_dir / RESULTS_NAME).read_text())
+        print(f"{run_dir}: resuming from step {state['step']} of {config.train.steps}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / CONFIG_NAME)
+
+    device = resolve_device(config.train.device)
+    data = prepare_data(config.data)
+    _write_json(run_dir / "run_info.json", {**data.summary(), "device": str(device)})
+    print(f"labeled {data.labeled_counts} ({sum(data.labeled_counts)}), unlabeled {data.unlabeled_counts} "
+          f"({sum(data.unlabeled_counts)}), test {len(data.test.labels)}")
+
+    trainer = Trainer(config, data, device)
+    if state is not None:
+        trainer.load_state_dict(state)
+    # Also from step 0: a run that died before its first checkpoint leaves logs to drop.
+    log = RunLog(run_dir, resume_step=trainer.step)
+    started = time.perf_counter()
+    try:
+        metrics = trainer.fit(log, checkpoint_path)
+    finally:
+        log.close()
+    results = {"step": trainer.step, "algorithm": config.algorithm.name, "run": str(run_dir),
+               "class_names": data.class_names, "train_seconds_this_session": time.perf_counter() - started,
+               **metrics}
+    _write_json(run_dir / RESULTS_NAME, results)
+    return results
+
+
+def check_resumable(saved: ExperimentConfig, current: ExperimentConfig, run_dir: Path) -> None:
+    """Refuse to continue a run under settings that would change what it trains."""
+    changes = _diff(to_dict(saved), to_dict(current))
+    blocking = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in sorted(changes.items())
+                if key not in RESUME_SAFE_KEYS]
+    if blocking:
+        raise UserError(f"{run_dir} holds a run with other settings ({', '.join(blocking)}); resume it with "
+                        f"the same settings, or start a new run with --set logging.run_name=NEW_NAME")
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
+    changes = {}
+    for key in old.keys() | new.keys():
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.update(_diff(a, b, f"{prefix}{key}."))
+        elif a != b:
+            changes[prefix + key] = (a, b)
+    return changes
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,46 @@
+"""Where a run's numbers go: TensorBoard event files and metrics.jsonl in the run folder.
+
+On resume from step k, both drop what the interrupted run wrote after k (TensorBoard's
+purge_step; metrics.jsonl rewritten), so curves continue without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, resume_step: int):
+        self.metrics_path = run_dir / "metrics.jsonl"
+        if self.metrics_path.exists():
+            _truncate_after(self.metrics_path, resume_step)
+        # Events at resume_step itself were written before that checkpoint and stay.
+        self.writer = SummaryWriter(str(run_dir), purge_step=resume_step + 1)
+        self._metrics_file = open(self.metrics_path, "a")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """One TensorBoard scalar per tag (`group/name`) and one metrics.jsonl line for the lot."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+        clean = {tag: (value if math.isfinite(value) else None) for tag, value in values.items()}
+        self._metrics_file.write(json.dumps({"step": step, **clean}) + "\n")
+        self._metrics_file.flush()
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        self.writer.add_text(tag, text, step)
+
+    def close(self) -> None:
+        self.writer.close()
+        self._metrics_file.close()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)

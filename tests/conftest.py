@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny configs on the bundled digits (no download, seconds on a CPU)."""
+
+from pathlib import Path
+
+import pytest
+
+from debiaspl.config import ExperimentConfig, from_dict
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+
+
+def tiny_config(run_dir: Path, **sections) -> ExperimentConfig:
+    """A digits-LT run of a few steps with the small CNN; `sections` override per section."""
+    raw = {
+        "data": {"dataset": "digits", "num_labeled_head": 20, "labeled_imbalance": 5, "num_unlabeled_head": 40,
+                 "unlabeled_imbalance": 5, "num_workers": 0},
+        "model": {"name": "small_cnn"},
+        "train": {"steps": 6, "batch_size": 8, "unlabeled_ratio": 2, "device": "cpu"},
+        "algorithm": {"threshold": 0.5, "marginal_momentum": 0.9},
+        "eval": {"interval": 3, "batch_size": 128},
+        "logging": {"run_dir": str(run_dir), "run_name": "tiny", "log_interval": 2, "checkpoint_interval": 3,
+                    "progress_bar": False},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return from_dict(raw, source="tiny config")
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return lambda **sections: tiny_config(tmp_path / "runs", **sections)
