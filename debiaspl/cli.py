@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="override a config value, e.g. --set train.steps=1000 (repeatable)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue the run in RUN_DIR with the config saved there")
+    train.add_argument("--until-step", type=int, metavar="STEP",
+                       help="pause after this step (checkpointed); the same command continues later")
 
     show = verbs.add_parser("config", help="print the resolved config of an experiment, or the reference")
     show.add_argument("experiment", nargs="?", type=Path)
@@ -60,11 +62,13 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         configs = [load_experiment(path, args.overrides) for path in args.experiments]
     else:
         parser.error("name at least one experiment file, or --resume RUN_DIR")
+    if args.until_step is not None and args.until_step < 1:
+        parser.error("--until-step must be a positive step number")
     names = [c.logging.run_name for c in configs]
     if len(set(names)) != len(names):
         raise UserError(f"two experiments would write to the same run folder ({', '.join(names)}); "
                         f"give them different file names or logging.run_name")
-    results = [train_run(config) for config in configs]
+    results = [train_run(config, args.until_step) for config in configs]
     _print_summary(results)
     return 0
 

@@ -43,8 +43,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def train_run(config: ExperimentConfig) -> dict:
-    """Train into the config's run folder, resuming it when it holds a checkpoint; returns results."""
+def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
+    """Train into the config's run folder, resuming it when it holds a checkpoint; returns results.
+
+    With `until_step`, pause there (checkpoint written, no results.json) so that a long run can be
+    split across jobs of limited length.
+    """
     run_dir = run_folder(config)
     checkpoint_path = run_dir / CHECKPOINT_NAME
     state = None
@@ -71,13 +75,16 @@ def train_run(config: ExperimentConfig) -> dict:
     log = RunLog(run_dir, resume_step=trainer.step)
     started = time.perf_counter()
     try:
-        metrics = trainer.fit(log, checkpoint_path)
+        metrics = trainer.fit(log, checkpoint_path, until_step)
     finally:
         log.close()
     results = {"step": trainer.step, "algorithm": config.algorithm.name, "run": str(run_dir),
                "class_names": data.class_names, "train_seconds_this_session": time.perf_counter() - started,
                **metrics}
-    _write_json(run_dir / RESULTS_NAME, results)
+    if trainer.step >= config.train.steps:
+        _write_json(run_dir / RESULTS_NAME, results)
+    else:
+        print(f"{run_dir}: paused at step {trainer.step} of {config.train.steps}; run again to continue")
     return results
 
 

@@ -80,10 +80,12 @@ class Trainer:
         self.std = torch.tensor(data.std, device=device)
 
     # -- the loop --------------------------------------------------------------------------------
-    def fit(self, log: RunLog, checkpoint_path: Path) -> dict:
+    def fit(self, log: RunLog, checkpoint_path: Path, until_step: int | None = None) -> dict:
+        """Train to train.steps (or pause after `until_step`, checkpointed); returns the last eval metrics."""
         cfg = self.config
         total_steps, monitor = cfg.train.steps, PseudoLabelMonitor(self.device)
-        loader = train_loader(self.data.labeled, self.data.unlabeled, start_step=self.step, end_step=total_steps,
+        end_step = total_steps if until_step is None else min(until_step, total_steps)
+        loader = train_loader(self.data.labeled, self.data.unlabeled, start_step=self.step, end_step=end_step,
                               num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
                               batch_size=cfg.train.batch_size, unlabeled_ratio=cfg.train.unlabeled_ratio,
                               seed=cfg.train.seed, strong_variant=cfg.data.strong_augment)
@@ -127,9 +129,11 @@ class Trainer:
                 log.scalars(self.step, _eval_scalars(metrics, self.data.class_names))
                 progress.write(f"step {self.step}: top1 {metrics['top1']:.4f}  balanced {metrics['balanced_acc']:.4f}")
                 self.model.train()
-            if self.step % cfg.logging.checkpoint_interval == 0 or is_last:
+            if self.step % cfg.logging.checkpoint_interval == 0 or self.step == end_step:
                 save_checkpoint(self.state_dict(), checkpoint_path)
         progress.close()
+        if not metrics and self.step == total_steps:  # resumed from the final checkpoint
+            metrics = self.evaluate()
         return metrics
 
     def evaluate(self) -> dict:

@@ -1,0 +1,102 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from debiaspl.config import save_config
+from debiaspl.engine.checkpoint import load_checkpoint
+from debiaspl.engine.run import run_folder, train_run
+from debiaspl.errors import UserError
+
+
+def final_state(config):
+    return load_checkpoint(run_folder(config) / "checkpoint.pt")
+
+
+def assert_same_tensors(a, b, path="state"):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def metric_lines(config):
+    lines = [json.loads(line) for line in (run_folder(config) / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        line.pop("train/steps_per_second", None)
+    return lines
+
+
+def test_resume_equals_uninterrupted(tiny):
+    straight = tiny(logging={"run_name": "straight"})
+    train_run(straight)
+    paused = tiny(logging={"run_name": "paused"})
+    partial = train_run(paused, until_step=4)
+    assert partial["step"] == 4 and not (run_folder(paused) / "results.json").exists()
+    assert final_state(paused)["step"] == 4
+    train_run(paused)
+    a, b = final_state(straight), final_state(paused)
+    for key in ("model", "ema", "optimizer", "scheduler", "class_marginal", "step"):
+        assert_same_tensors(a[key], b[key], key)
+    # the marginal really moved, so comparing it means something
+    assert not torch.allclose(a["class_marginal"], torch.full_like(a["class_marginal"], 0.1))
+    assert metric_lines(straight) == metric_lines(paused)
+
+
+def test_tau_zero_run_equals_fixmatch_run(tiny):
+    # threshold 0: every pseudo-label counts, so the unlabeled loss shapes the weights from step 1
+    fixmatch = tiny(algorithm={"name": "fixmatch", "threshold": 0.0}, logging={"run_name": "fixmatch"})
+    debiaspl = tiny(algorithm={"name": "debiaspl", "tau": 0.0, "threshold": 0.0}, logging={"run_name": "debiaspl0"})
+    debiased = tiny(algorithm={"name": "debiaspl", "tau": 0.4, "threshold": 0.0}, logging={"run_name": "debiaspl"})
+    for config in (fixmatch, debiaspl, debiased):
+        train_run(config)
+    a, b, c = final_state(fixmatch), final_state(debiaspl), final_state(debiased)
+    assert_same_tensors(a["model"], b["model"])
+    assert_same_tensors(a["class_marginal"], b["class_marginal"])
+    assert not torch.equal(a["model"]["classifier.weight"], c["model"]["classifier.weight"])
+
+
+def test_resume_refuses_changed_settings(tiny):
+    train_run(tiny(train={"steps": 3}))
+    with pytest.raises(UserError, match="algorithm.tau: 0.4 -> 0.2"):
+        train_run(tiny(train={"steps": 3}, algorithm={"tau": 0.2}))
+    # reporting-only settings may change
+    train_run(tiny(train={"steps": 3}, logging={"log_interval": 1, "progress_bar": False}))
+
+
+def test_cli_end_to_end(tiny, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    config = tiny()
+    path = tmp_path / "tiny.yaml"
+    save_config(config, path)
+    command = [sys.executable, "-m", "debiaspl", "train", str(path)]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = run_folder(config)
+    for name in ("config.yaml", "run_info.json", "metrics.jsonl", "checkpoint.pt", "results.json"):
+        assert (run_dir / name).is_file(), name
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["labeled_counts"] == [20, 16, 13, 11, 9, 8, 6, 5, 4, 4]
+    events = EventAccumulator(str(run_dir)).Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/loss_sup", "train/loss_unsup", "train/lr", "pseudo/mask_rate", "pseudo/acc",
+                "pseudo/class_marginal/0", "pseudo/class_marginal/9", "eval/top1", "eval/balanced_acc",
+                "eval/acc_many", "eval/acc_few", "eval/class_acc/3", "eval/pseudo_acc", "eval/pseudo_mask_rate"):
+        assert tag in tags, tag
+    assert [e.step for e in events.Scalars("eval/top1")] == [3, 6]
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    assert state["step"] == 6
+    results = json.loads((run_dir / "results.json").read_text())
+    assert 0 <= results["top1"] <= 1 and results["step"] == 6
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0 and "already finished" in again.stdout
