@@ -1,0 +1,322 @@
+"""Batched weak/strong augmentation of uint8 images [N, C, H, W] for FixMatch (Sohn et al. 2020).
+
+Weak: horizontal flip + reflect-pad-and-crop. Strong: weak, then RandAugment (Cubuk et al. 2020),
+then Cutout (DeVries & Taylor 2017). Two strong variants (``STRONG_VARIANTS``):
+
+* ``"fixmatch"``: kekmodel/FixMatch-pytorch ``RandAugmentMC(n=2, m=10)``. Each of 2 op slots picks
+  one of the 14 ops uniformly per image, an integer level v in 1..9 and applies the op with
+  probability 0.5; magnitudes are kekmodel's ``v * max_v / 10 + bias`` (truncated for integer
+  ops) with a random sign for rotate/shear/translate. Cutout square of side round(0.5 * size).
+* ``"usb"``: USB's ``RandAugment(3, 5)``. 3 slots, each op always applied, magnitude uniform
+  (continuous) over the op's range (a signed range [-M, M] is drawn as sign * uniform(0, M),
+  the same distribution); Cutout side round(uniform(0, 0.5) * size).
+
+Cutout is the paper's square centred on a uniform pixel and clipped at the borders (kekmodel and
+USB instead shift it inside at the top/left edge and draw PIL's inclusive, one pixel larger box).
+
+Ops follow torchvision's tensor kernels (``transforms.v2.functional``) on uint8; geometric ops
+fill with gray 128 (as the original FixMatch code), Cutout fills with gray 127 (as kekmodel).
+Every image gets its own parameters, drawn on CPU from the caller's ``torch.Generator`` only, so
+a seed fixes the output, and the same code runs on CPU or GPU without reading values back from
+the device (op subsets are chosen with CPU indices).
+"""
+
+import torch
+import torch.nn.functional as F
+
+STRONG_VARIANTS = ("fixmatch", "usb")
+
+_GEOMETRY_FILL = 128.0
+_CUTOUT_FILL = 127
+
+
+# ---- colour ops: images uint8 [n, C, H, W], magnitudes [n] (float64, same device) -> uint8 [n, C, H, W]
+
+
+def _blend(images: torch.Tensor, degenerate: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """factor * images + (1 - factor) * degenerate, clamped and truncated to uint8 like torchvision."""
+    ratio = factors.view(-1, 1, 1, 1)
+    # addcmul is fused like torchvision's add_(alpha=...), so the truncation lands on the same integers.
+    out = torch.addcmul(images.float() * ratio.float(), degenerate, (1.0 - ratio).float())
+    return out.clamp_(0, 255).to(torch.uint8)
+
+
+def _grayscale(images: torch.Tensor) -> torch.Tensor:
+    """[n, 3, H, W] uint8 -> [n, 1, H, W] float, floored luma with torchvision's weights."""
+    r, g, b = images.float().unbind(1)
+    return (r * 0.2989 + g * 0.587 + b * 0.114).floor_().unsqueeze(1)
+
+
+def _identity(images: torch.Tensor, magnitudes: torch.Tensor = None) -> torch.Tensor:
+    """The pool's no-op (drawn like any other op, so it lowers the rate of real changes)."""
+    return images
+
+
+def _auto_contrast(images: torch.Tensor, magnitudes: torch.Tensor = None) -> torch.Tensor:
+    """Stretch each channel of each image to [0, 255]; constant channels are left unchanged."""
+    x = images.float()
+    low = x.amin(dim=(2, 3), keepdim=True)
+    high = x.amax(dim=(2, 3), keepdim=True)
+    flat = high == low
+    inv_scale = torch.where(flat, 1.0, (high - low) * (1.0 / 255))
+    low = torch.where(flat, 0.0, low)
+    return ((x - low) / inv_scale).clamp_(0, 255).to(torch.uint8)
+
+
+def _brightness(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Blend with black: images * factor."""
+    return (images.float() * factors.view(-1, 1, 1, 1).float()).clamp_(0, 255).to(torch.uint8)
+
+
+def _color(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Blend with the grayscale image (saturation); identity for one channel, as in PIL."""
+    if images.shape[1] == 1:
+        return images.clone()
+    return _blend(images, _grayscale(images), factors)
+
+
+def _contrast(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Blend with the mean of the grayscale image."""
+    gray = _grayscale(images) if images.shape[1] == 3 else images.float()
+    return _blend(images, gray.mean(dim=(1, 2, 3), keepdim=True), factors)
+
+
+def _sharpness(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Blend with the [[1,1,1],[1,5,1],[1,1,1]]/13 smoothed image; the 1-pixel border stays original."""
+    c = images.shape[1]
+    kernel = torch.full((3, 3), 1.0 / 13.0, device=images.device)
+    kernel[1, 1] = 5.0 / 13.0
+    x = images.float()
+    # torchvision rounds the blurred image before blending; we do the same to match it.
+    blurred = F.conv2d(x, kernel.expand(c, 1, 3, 3), groups=c).round_()
+    inner = x[:, :, 1:-1, 1:-1]
+    alpha = (1.0 - factors.view(-1, 1, 1, 1)).float()
+    x[:, :, 1:-1, 1:-1] = torch.addcmul(inner, alpha, blurred - inner)
+    return x.clamp_(0, 255).to(torch.uint8)
+
+
+def _posterize(images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Keep the top `bits` (integer-valued, 1..8) bits of every pixel."""
+    mask = (255 << (8 - bits.long())) & 255
+    return images & mask.to(torch.uint8).view(-1, 1, 1, 1)
+
+
+def _solarize(images: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Invert pixels >= threshold."""
+    return torch.where(images >= thresholds.view(-1, 1, 1, 1), 255 - images, images)
+
+
+def _equalize(images: torch.Tensor, magnitudes: torch.Tensor = None) -> torch.Tensor:
+    """Histogram equalisation per image and channel with PIL's lookup table (as torchvision)."""
+    n, c, h, w = images.shape
+    flat = images.reshape(n * c, h * w).long()
+    # All n*c histograms in one scatter_add (bincount would read its max back from a GPU).
+    hist = torch.zeros(n * c, 256, dtype=torch.long, device=images.device)
+    hist.scatter_add_(1, flat, torch.ones_like(flat))
+    # PIL: step = (#pixels not at the top value present) // 255; lut[v] = (cdf(v - 1) + step // 2) // step.
+    top_count = hist.gather(1, flat.amax(dim=1, keepdim=True))
+    step = (h * w - top_count).div(255, rounding_mode="floor")
+    cdf_before = torch.cumsum(hist, dim=1) - hist
+    lut = (cdf_before + step // 2).div(step.clamp(min=1), rounding_mode="floor").clamp_(0, 255)
+    out = torch.where(step > 0, lut.gather(1, flat), flat)  # step == 0: PIL returns the image
+    return out.to(torch.uint8).view(n, c, h, w)
+
+
+# ---- geometric ops: one affine grid per image, nearest sampling, gray fill
+
+
+def _affine(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Warp images [n, C, H, W] by matrix [n, 2, 3] (float64) mapping output to input pixel
+    coordinates measured from the image centre (pixel centres at half-integers, as torchvision)."""
+    n, c, h, w = images.shape
+    # Pixel units -> affine_grid's [-1, 1] units (align_corners=False: the edges are +-1).
+    to_norm = torch.tensor([[1.0, h / w, 2.0 / w], [w / h, 1.0, 2.0 / h]], dtype=matrix.dtype)
+    to_norm = to_norm.to(matrix.device)
+    grid = F.affine_grid((matrix * to_norm).float(), [n, c, h, w], align_corners=False)
+    # Sampling (x - fill) with zero padding makes out-of-image pixels exactly `fill` in one pass.
+    shifted = images.float() - _GEOMETRY_FILL
+    out = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return (out + _GEOMETRY_FILL).to(torch.uint8)
+
+
+def _matrix(*entries) -> torch.Tensor:
+    """Stack the six entries a, b, tx, c, d, ty (per-image [n] tensors or floats) into [n, 2, 3]."""
+    ref = next(v for v in entries if torch.is_tensor(v))
+    columns = [torch.as_tensor(v, dtype=ref.dtype, device=ref.device).expand_as(ref) for v in entries]
+    return torch.stack(columns, dim=1).view(-1, 2, 3)
+
+
+def _rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate counter-clockwise about the image centre, like PIL's Image.rotate and TF.rotate."""
+    theta = torch.deg2rad(degrees.double())
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    return _affine(images, _matrix(cos, -sin, 0.0, sin, cos, 0.0))
+
+
+def _shear_x(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Output (x, y) reads input (x + s * y, y), y from the top edge: PIL's (1, s, 0, 0, 1, 0)."""
+    s = factors.double()
+    return _affine(images, _matrix(1.0, s, s * images.shape[2] / 2, 0.0, 1.0, 0.0))
+
+
+def _shear_y(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Output (x, y) reads input (x, y + s * x), x from the left edge: PIL's (1, 0, 0, s, 1, 0)."""
+    s = factors.double()
+    return _affine(images, _matrix(1.0, 0.0, 0.0, s, 1.0, s * images.shape[3] / 2))
+
+
+def _translate_x(images: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """Move the content right by `pixels` (torchvision's translate sign)."""
+    return _affine(images, _matrix(1.0, 0.0, -pixels.double(), 0.0, 1.0, 0.0))
+
+
+def _translate_y(images: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """Move the content down by `pixels`."""
+    return _affine(images, _matrix(1.0, 0.0, 0.0, 0.0, 1.0, -pixels.double()))
+
+
+# The 14 ops of kekmodel's fixmatch_augment_pool, in its order.
+_POOL = (
+    ("auto_contrast", _auto_contrast),
+    ("brightness", _brightness),
+    ("color", _color),
+    ("contrast", _contrast),
+    ("equalize", _equalize),
+    ("identity", _identity),
+    ("posterize", _posterize),
+    ("rotate", _rotate),
+    ("sharpness", _sharpness),
+    ("shear_x", _shear_x),
+    ("shear_y", _shear_y),
+    ("solarize", _solarize),
+    ("translate_x", _translate_x),
+    ("translate_y", _translate_y),
+)
+
+
+def _pool_magnitudes(
+    name: str, levels: torch.Tensor, signs: torch.Tensor, size: int, fixmatch: bool
+) -> torch.Tensor:
+    """Per-image magnitudes [n] (float64) in the op's own units from levels [n] in [0, 10].
+
+    FixMatch passes integer levels and truncates like kekmodel's ``_int_parameter`` (the float
+    expressions are kept in kekmodel's order so truncation lands on the same integers); USB passes
+    levels 10 * uniform(0, 1) and keeps floats except for posterize bits. signs [n] are +-1.
+    """
+    if name in ("brightness", "color", "contrast", "sharpness"):
+        return levels * 0.9 / 10 + 0.05  # factor in [0.05, 0.95]
+    if name == "posterize":
+        return torch.trunc(levels * 4 / 10) + 4  # bits in 4..7
+    if name == "rotate":
+        degrees = levels * 30 / 10
+        return signs * (degrees.trunc() if fixmatch else degrees)
+    if name in ("shear_x", "shear_y"):
+        return signs * levels * 0.3 / 10
+    if name == "solarize":
+        amount = levels * 256 / 10
+        return 256 - (amount.trunc() if fixmatch else amount)  # threshold in (0, 256]
+    if name in ("translate_x", "translate_y"):
+        pixels = signs * levels * 0.3 / 10 * size
+        return pixels.trunc() if fixmatch else pixels
+    return levels  # ops without a magnitude ignore it
+
+
+def _rand_augment(images: torch.Tensor, generator: torch.Generator, fixmatch: bool) -> torch.Tensor:
+    """RandAugment on uint8 [N, C, H, W] -> [N, C, H, W]. Parameters are drawn on CPU; each op
+    type runs once per slot on the subset of images that picked it, so the work is one pass over
+    the batch per slot rather than 14."""
+    n, _, h, w = images.shape
+    device = images.device
+    for _ in range(2 if fixmatch else 3):
+        op_ids = torch.randint(len(_POOL), (n,), generator=generator)
+        if fixmatch:
+            levels = torch.randint(1, 10, (n,), generator=generator).double()
+        else:
+            levels = 10 * torch.rand(n, generator=generator, dtype=torch.float64)
+        signs = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).double()
+        applied = torch.rand(n, generator=generator) < 0.5 if fixmatch else torch.ones(n, dtype=torch.bool)
+        out = images.clone()
+        for k, (name, op) in enumerate(_POOL):
+            idx = torch.nonzero(applied & (op_ids == k)).squeeze(1)
+            if name == "identity" or idx.numel() == 0:
+                continue
+            size = h if name == "translate_y" else w
+            magnitudes = _pool_magnitudes(name, levels[idx], signs[idx], size, fixmatch).to(device)
+            idx = idx.to(device)
+            out.index_copy_(0, idx, op(images.index_select(0, idx), magnitudes))
+        images = out
+    return images
+
+
+def _cutout(
+    images: torch.Tensor, centers_y: torch.Tensor, centers_x: torch.Tensor, sides: torch.Tensor
+) -> torch.Tensor:
+    """Fill a square of side `sides` [n] centred at (centers_y, centers_x) [n] (integer pixels),
+    clipped at the borders, with gray 127. Returns a new uint8 tensor [n, C, H, W]."""
+    _, _, h, w = images.shape
+    device = images.device
+    sides = sides.to(device).view(-1, 1)
+    top = centers_y.to(device).view(-1, 1) - sides // 2
+    left = centers_x.to(device).view(-1, 1) - sides // 2
+    ys, xs = torch.arange(h, device=device), torch.arange(w, device=device)
+    rows = (ys >= top) & (ys < top + sides)  # [n, H]
+    cols = (xs >= left) & (xs < left + sides)  # [n, W]
+    return images.masked_fill(rows[:, None, :, None] & cols[:, None, None, :], _CUTOUT_FILL)
+
+
+def _check_inputs(images: torch.Tensor, generator: torch.Generator) -> None:
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        got = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a uint8 tensor, got {got}")
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape [N, C, H, W] with C in (1, 3), got {tuple(images.shape)}")
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator, got {generator!r}")
+
+
+def _reflect(positions: torch.Tensor, length: int) -> torch.Tensor:
+    """Map padded positions (pad < length) into [0, length) by mirror reflection without edge repeat."""
+    positions = positions.abs()
+    return torch.where(positions >= length, 2 * (length - 1) - positions, positions)
+
+
+def weak_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip (p=0.5) + reflect-pad by round(0.125 * size) then random crop back to H x W.
+
+    images: uint8 [N, C, H, W] on any device -> new uint8 [N, C, H, W] on the same device.
+    """
+    _check_inputs(images, generator)
+    n, c, h, w = images.shape
+    pad_y, pad_x = round(0.125 * h), round(0.125 * w)
+    flips = torch.rand(n, generator=generator) < 0.5
+    tops = torch.randint(0, 2 * pad_y + 1, (n, 1), generator=generator)
+    lefts = torch.randint(0, 2 * pad_x + 1, (n, 1), generator=generator)
+    # Flip, pad and crop are one index map per image, applied by a single gather.
+    rows = _reflect(tops + torch.arange(h) - pad_y, h)  # [N, H]
+    cols = _reflect(lefts + torch.arange(w) - pad_x, w)  # [N, W]
+    cols = torch.where(flips.view(-1, 1), w - 1 - cols, cols).to(images.device)
+    index = (rows.to(images.device)[:, :, None] * w + cols[:, None, :]).view(n, 1, h * w)
+    return images.reshape(n, c, h * w).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+
+
+def strong_augment(
+    images: torch.Tensor, generator: torch.Generator, variant: str = "fixmatch"
+) -> torch.Tensor:
+    """weak_augment, then RandAugment, then Cutout (see the module docstring for the variants).
+
+    images: uint8 [N, C, H, W] on any device -> new uint8 [N, C, H, W] on the same device.
+    """
+    if variant not in STRONG_VARIANTS:
+        raise ValueError(f"unknown strong augmentation variant {variant!r}; expected one of "
+                         f"{STRONG_VARIANTS}")
+    fixmatch = variant == "fixmatch"
+    images = _rand_augment(weak_augment(images, generator), generator, fixmatch)
+    n, _, h, w = images.shape
+    size = min(h, w)
+    if fixmatch:
+        sides = torch.full((n,), round(0.5 * size))
+    else:
+        sides = torch.round(torch.rand(n, generator=generator, dtype=torch.float64) * 0.5 * size).long()
+    centers_y = torch.randint(0, h, (n,), generator=generator)
+    centers_x = torch.randint(0, w, (n,), generator=generator)
+    return _cutout(images, centers_y, centers_x, sides)

@@ -1,0 +1,57 @@
+"""Network registry: a plain dict from config name to constructor, and `build_model` to look one
+up with a helpful error. WideResNet-28-k (Zagoruyko & Komodakis 2016) as in FixMatch (Sohn et al.
+2020), and a small CNN for CPU runs.
+"""
+
+import difflib
+from functools import partial
+from typing import Callable, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+from debiaspl.models.ema import ModelEMA
+from debiaspl.models.small_cnn import SmallCNN
+from debiaspl.models.wide_resnet import WideResNet
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """What every registered model provides (the trainer, TracIn and hooks rely on it).
+
+    forward(x [B, C, H, W]) -> logits [B, num_classes], equal to
+    classifier(forward_features(x)) whenever dropout is inactive (eval mode or dropout 0).
+    """
+
+    classifier: nn.Linear  # [D] -> [num_classes], the last layer
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """x [B, C, H, W] -> pooled penultimate features [B, D]."""
+        ...
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B, C, H, W] -> logits [B, num_classes]."""
+        ...
+
+
+# Each constructor takes (num_classes, in_channels, dropout) as keywords.
+MODELS: dict[str, Callable[..., Classifier]] = {
+    "wrn28_2": partial(WideResNet, depth=28, widen_factor=2),  # CIFAR-10 in FixMatch, ~1.47M params
+    "wrn28_8": partial(WideResNet, depth=28, widen_factor=8),  # CIFAR-100 in FixMatch, ~23.4M params
+    "small_cnn": SmallCNN,  # CPU runs and tests, ~0.1M params
+}
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, dropout: float = 0.0) -> nn.Module:
+    """A freshly initialised `MODELS[name]` for `num_classes` classes and `in_channels` channels,
+    with dropout rate `dropout` before the classifier. Raises ValueError for an unknown name.
+    """
+    if name not in MODELS:
+        message = f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}"
+        close = difflib.get_close_matches(name, MODELS, n=1)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        raise ValueError(message)
+    return MODELS[name](num_classes=num_classes, in_channels=in_channels, dropout=dropout)
+
+
+__all__ = ["MODELS", "Classifier", "ModelEMA", "SmallCNN", "WideResNet", "build_model"]
