@@ -76,6 +76,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _print_summary(results: list[dict]) -> None:
     columns = ["top1", "balanced_acc", "acc_many", "acc_medium", "acc_few", "pseudo_acc", "pseudo_mask_rate"]
     present = [c for c in columns if any(c in r for r in results)]
+    if not present:  # every run paused before its first evaluation
+        return
     width = max(len(r["run"]) for r in results)
     print("\n" + f"{'run':<{width}}  {'algorithm':<9}  " + "  ".join(f"{c:>12}" for c in present))
     for r in results:

@@ -38,7 +38,7 @@ AlgorithmName = Literal["fixmatch", "debiaspl"]
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: DatasetName = option("cifar10", "which data: torchvision CIFAR-10/100, an ImageFolder tree (<root>/train/<class>/*, <root>/test/<class>/*), or scikit-learn's bundled 8x8 digits (offline)")
+    dataset: DatasetName = option("cifar10", "which data: torchvision CIFAR-10/100, an ImageFolder tree (root/train/CLASS/*, root/test/CLASS/*), or scikit-learn's bundled 8x8 digits (offline)")
     root: str = option("data", "folder holding the dataset (CIFAR is downloaded here when absent)")
     download: bool = option(True, "download CIFAR into `root` when it is not there")
     num_labeled_head: int = option(1500, "N1: labeled images of the most frequent class", ge=1)
@@ -61,7 +61,7 @@ class AlgorithmConfig:
     name: AlgorithmName = option("debiaspl", "fixmatch, or FixMatch + DebiasPL (causal logit debiasing + adaptive margin loss)")
     threshold: float = option(0.95, "FixMatch's tau: confidence a pseudo-label needs to count in the loss", ge=0, le=1)
     unlabeled_weight: float = option(1.0, "lambda_u: weight of the unlabeled loss", ge=0)
-    tau: float = option(0.4, "DebiasPL's tau (lambda in the paper): strength of debiasing and of the adaptive margin", ge=0)
+    tau: float = option(0.4, "DebiasPL's tau (--tau of the official code): strength of the logit debiasing and of the adaptive margin", ge=0)
     marginal_momentum: float = option(0.999, "DebiasPL's m: momentum of the class-marginal estimate q_hat", ge=0, lt=1)
 
 
@@ -297,7 +297,7 @@ def _check_value(value: Any, hint: Any, meta: typing.Mapping, dotted: str, sourc
 
 def _type_name(hint: Any) -> str:
     if get_origin(hint) is Literal:
-        return " | ".join(map(str, get_args(hint)))
+        return " / ".join(map(str, get_args(hint)))
     if isinstance(hint, types.UnionType):
-        return " | ".join(_type_name(a) for a in get_args(hint))
+        return " / ".join(_type_name(a) for a in get_args(hint))
     return getattr(hint, "__name__", str(hint))

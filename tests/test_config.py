@@ -117,3 +117,10 @@ def test_cli_exits_2_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "debiaspl", "train", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"debiaspl: error: {path}: unknown key algorithm.tua; did you mean algorithm.tau?"]
+
+
+def test_readme_config_reference_is_current(capsys):
+    from debiaspl.cli import main
+    assert main(["config", "--reference"]) == 0
+    table = capsys.readouterr().out
+    assert table in (REPO / "README.md").read_text(), "README config reference is stale: paste `debiaspl config --reference`"
