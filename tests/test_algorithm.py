@@ -106,18 +106,3 @@ def test_weak_view_gets_no_gradient():
     assert not out.class_marginal.requires_grad and not out.probs_pseudo.requires_grad
     with pytest.raises(RuntimeError):
         torch.autograd.grad(out.loss, z_w)
-
-
-def test_algorithm_imports_only_torch():
-    import ast
-    from pathlib import Path
-    folder = Path(__file__).resolve().parents[1] / "debiaspl" / "algorithm"
-    for path in folder.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
-                for name in names:
-                    root = name.split(".")[0]
-                    assert root in {"torch", "debiaspl", "typing", "math", "__future__"}, (path.name, name)
-                    if root == "debiaspl":
-                        assert name.startswith("debiaspl.algorithm"), (path.name, name)

@@ -127,3 +127,9 @@ def test_to_model_input_normalizes():
     images = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1)
     out = to_model_input(images, torch.tensor([0.5]), torch.tensor([0.25]))
     assert torch.allclose(out.flatten(), torch.tensor([-2.0, 2.0]))
+
+
+def test_missing_cifar_without_download_names_the_root(tmp_path):
+    from debiaspl.data.datasets import load_source
+    with pytest.raises(UserError, match=f"data.root='{tmp_path}'.*--set data.dataset=imagefolder"):
+        load_source("cifar10", str(tmp_path), download=False)

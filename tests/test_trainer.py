@@ -89,6 +89,7 @@ def test_cli_end_to_end(tiny, tmp_path):
     assert info["labeled_counts"] == [20, 16, 13, 11, 9, 8, 6, 5, 4, 4]
     events = EventAccumulator(str(run_dir)).Reload()
     tags = set(events.Tags()["scalars"])
+    assert "data/split/text_summary" in events.Tags()["tensors"]
     for tag in ("train/loss", "train/loss_sup", "train/loss_unsup", "train/lr", "pseudo/mask_rate", "pseudo/acc",
                 "pseudo/class_marginal/0", "pseudo/class_marginal/9", "eval/top1", "eval/balanced_acc",
                 "eval/acc_many", "eval/acc_few", "eval/class_acc/3", "eval/pseudo_acc", "eval/pseudo_mask_rate"):

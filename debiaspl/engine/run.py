@@ -73,6 +73,8 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
         trainer.load_state_dict(state)
     # Also from step 0: a run that died before its first checkpoint leaves logs to drop.
     log = RunLog(run_dir, resume_step=trainer.step)
+    if state is None:
+        log.text("data/split", _split_table(data.class_names, data.labeled_counts, data.unlabeled_counts))
     started = time.perf_counter()
     try:
         metrics = trainer.fit(log, checkpoint_path, until_step)
@@ -107,6 +109,12 @@ def _diff(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
         elif a != b:
             changes[prefix + key] = (a, b)
     return changes
+
+
+def _split_table(class_names: list[str], labeled: list[int], unlabeled: list[int]) -> str:
+    rows = [f"| {name} | {n_lb} | {n_ulb} |" for name, n_lb, n_ulb in zip(class_names, labeled, unlabeled)]
+    return "\n".join(["| class | labeled | unlabeled |", "|---|---|---|", *rows,
+                      f"| **total** | {sum(labeled)} | {sum(unlabeled)} |"])
 
 
 def _write_json(path: Path, payload: dict) -> None:
