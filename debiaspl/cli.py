@@ -47,14 +47,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from debiaspl.config import load_experiment
-    from debiaspl.engine.run import CONFIG_NAME, train_run
+    from debiaspl.engine.run import CHECKPOINT_NAME, CONFIG_NAME, preflight, train_run
 
     if args.resume is not None:
         if args.experiments:
             parser.error("give either experiment files or --resume RUN_DIR, not both")
+        args.resume = args.resume.resolve()  # `--resume .` names the folder by its real name
         saved = args.resume / CONFIG_NAME
-        if not saved.is_file():
-            raise UserError(f"{args.resume} is not a run folder (no {CONFIG_NAME} in it)")
+        if not saved.is_file() or not (args.resume / CHECKPOINT_NAME).is_file():
+            raise UserError(f"{args.resume} is not a run folder with a checkpoint (no {CONFIG_NAME} or "
+                            f"{CHECKPOINT_NAME} in it)")
         # The saved config names its own run folder; point it at the one given here.
         overrides = [f"logging.run_dir={args.resume.parent}", f"logging.run_name={args.resume.name}", *args.overrides]
         configs = [load_experiment(saved, overrides)]
@@ -68,6 +70,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if len(set(names)) != len(names):
         raise UserError(f"two experiments would write to the same run folder ({', '.join(names)}); "
                         f"give them different file names or logging.run_name")
+    for config in configs:  # a mistake in the last experiment should not wait for the first to train
+        preflight(config)
     results = [train_run(config, args.until_step) for config in configs]
     _print_summary(results)
     return 0

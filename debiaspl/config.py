@@ -83,6 +83,7 @@ class TrainConfig:
     ema_warmup: bool = option(True, "EMA decay min(d, (1+t)/(10+t)) so short runs are not dominated by the initial weights")
     seed: int = option(0, "seed of weights, batch order and augmentation", ge=0)
     device: str = option("auto", "auto (cuda when available), cpu, cuda or cuda:N")
+    deterministic: bool = option(False, "deterministic CUDA kernels (slower), so GPU runs repeat and resume bit for bit as CPU runs do")
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ def load_experiment(path: str | Path, overrides: typing.Sequence[str] = ()) -> E
     raw = _read_with_bases(path, chain=())
     for override in overrides:
         key, value = parse_override(override)
+        if _leaf_type(key) is str:  # keep `run_name=2024` or `root=yes` as the text typed
+            value = override.partition("=")[2].strip()
         _set_dotted(raw, key, value)
     config = from_dict(raw, source=str(path))
     if not config.logging.run_name:
@@ -176,6 +179,16 @@ def describe_fields(cls: type = ExperimentConfig, prefix: str = "") -> list[tupl
     return rows
 
 
+def _leaf_type(dotted: str) -> Any:
+    """The schema type of a dotted key, or None when the key does not exist."""
+    cls: Any = ExperimentConfig
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        cls = typing.get_type_hints(cls).get(part)
+    return cls
+
+
 def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
     resolved = path.resolve()
     if resolved in chain:
@@ -185,9 +198,11 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
         hint = f" (named as base by {chain[-1]})" if chain else ""
         raise ConfigError(f"experiment file not found: {path}{hint}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it as UTF-8 text: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

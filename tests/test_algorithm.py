@@ -21,14 +21,18 @@ def test_skewed_batch_moves_the_marginal_toward_the_skew():
 
 
 def test_marginal_update_stays_float32_under_autocast():
-    q = uniform_class_marginal(10)
-    probs = torch.zeros(64, 10, dtype=torch.bfloat16)
-    probs[:, 0] = 1
+    # Everything arrives in bf16, as it would from a bf16 model; the marginal must still move.
+    q = uniform_class_marginal(10).bfloat16()
+    logits = torch.zeros(64, 10, dtype=torch.bfloat16)
+    logits[:, 0] = 20
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        new = update_class_marginal(q, probs, momentum=0.999)
-    assert new.dtype == torch.float32
-    # 0.1 -> 0.1009: a change bf16 could not represent (its spacing near 0.1 is ~0.0005).
-    assert math.isclose(new[0].item(), 0.999 * 0.1 + 0.001, rel_tol=1e-6)
+        out = debiaspl_step(logits[:4], torch.zeros(4, dtype=torch.long), logits, logits, q, threshold=0.95,
+                            unlabeled_weight=1.0, marginal_momentum=0.999, tau=0.4)
+        new = update_class_marginal(q, torch.softmax(logits, 1), momentum=0.999)
+    for marginal in (out.class_marginal, new):
+        assert marginal.dtype == torch.float32
+        # 0.1 -> 0.1009: a change bf16 cannot represent (its spacing near 0.1 is ~0.0005).
+        assert math.isclose(marginal[0].item(), 0.999 * 0.1 + 0.001, rel_tol=1e-3)
 
 
 def test_debias_and_margin_by_hand():

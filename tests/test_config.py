@@ -50,6 +50,13 @@ def test_bad_files_name_the_key_and_value(tmp_path, text, message):
     assert "\n" not in str(info.value)
 
 
+def test_unreadable_file_is_a_config_error(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("train:\n  steps: 3  # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="cannot read it as UTF-8"):
+        load_experiment(path)
+
+
 def test_float_fields_accept_exponent_spellings(tmp_path):
     # PyYAML reads 5e-4 (no dot) as a string; the schema knows it is a float.
     cfg = load_experiment(write(tmp_path, "e.yaml", "optim:\n  weight_decay: 5e-4\n  lr: 1\n"))
@@ -82,6 +89,9 @@ def test_bad_overrides(tmp_path):
     with pytest.raises(ConfigError, match="expected dotted.key=value"):
         load_experiment(path, ["train.steps"])
     assert parse_override("data.root=/x/y") == ("data.root", "/x/y")
+    # string keys keep the text typed, even when YAML would read a number or a boolean
+    cfg = load_experiment(path, ["logging.run_name=2024", "data.root=yes"])
+    assert (cfg.logging.run_name, cfg.data.root) == ("2024", "yes")
     assert parse_override("train.steps=262144") == ("train.steps", 262144)
 
 

@@ -38,12 +38,18 @@ def metric_lines(config):
 
 
 def test_resume_equals_uninterrupted(tiny):
-    straight = tiny(logging={"run_name": "straight"})
+    # Dropout draws from the global RNG and a background worker loads batches; the pause at step 3
+    # falls inside a logging interval (every 2 steps), so the interval sums must survive too.
+    options = {"model": {"dropout": 0.3}, "data": {"num_workers": 1}}
+    straight = tiny(logging={"run_name": "straight"}, **options)
     train_run(straight)
-    paused = tiny(logging={"run_name": "paused"})
-    partial = train_run(paused, until_step=4)
-    assert partial["step"] == 4 and not (run_folder(paused) / "results.json").exists()
-    assert final_state(paused)["step"] == 4
+    paused = tiny(logging={"run_name": "paused"}, **options)
+    partial = train_run(paused, until_step=3)
+    assert partial["step"] == 3 and not (run_folder(paused) / "results.json").exists()
+    assert final_state(paused)["step"] == 3
+    # a crash mid-write after the checkpoint leaves a half line that resume must drop
+    with open(run_folder(paused) / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 4, "train/lo')
     train_run(paused)
     a, b = final_state(straight), final_state(paused)
     for key in ("model", "ema", "optimizer", "scheduler", "class_marginal", "step"):
@@ -74,6 +80,25 @@ def test_resume_refuses_changed_settings(tiny):
     train_run(tiny(train={"steps": 3}, logging={"log_interval": 1, "progress_bar": False}))
 
 
+def test_broken_checkpoints_are_user_errors(tiny):
+    config = tiny(train={"steps": 3})
+    folder = run_folder(config)
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="corrupt or not a checkpoint; move it away"):
+        train_run(config)
+    torch.save({"a": 1}, folder / "checkpoint.pt")
+    with pytest.raises(UserError, match="not a debiaspl checkpoint of format 1"):
+        train_run(config)
+
+
+def test_data_mistakes_stop_before_a_run_folder_exists(tiny, tmp_path):
+    config = tiny(data={"dataset": "imagefolder", "root": str(tmp_path / "nowhere")})
+    with pytest.raises(UserError, match="nowhere/train does not exist"):
+        train_run(config)
+    assert not run_folder(config).exists()
+
+
 def test_cli_end_to_end(tiny, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     config = tiny()
@@ -101,3 +126,10 @@ def test_cli_end_to_end(tiny, tmp_path):
     assert 0 <= results["top1"] <= 1 and results["step"] == 6
     again = subprocess.run(command, capture_output=True, text=True)
     assert again.returncode == 0 and "already finished" in again.stdout
+    # --resume from inside the run folder finds the run by its real name
+    here = subprocess.run([sys.executable, "-m", "debiaspl", "train", "--resume", "."], capture_output=True,
+                          text=True, cwd=run_dir)
+    assert here.returncode == 0 and "already finished" in here.stdout, here.stderr
+    not_a_run = subprocess.run([sys.executable, "-m", "debiaspl", "train", "--resume", str(tmp_path)],
+                               capture_output=True, text=True)
+    assert not_a_run.returncode == 2 and "is not a run folder with a checkpoint" in not_a_run.stderr

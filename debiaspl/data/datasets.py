@@ -111,6 +111,17 @@ def load_source(name: str, root: str, download: bool) -> SourceData:
     return DATASETS[name](root, download)
 
 
+def check_source_available(name: str, root: str, download: bool) -> None:
+    """Fail early (before any run of a batch trains) when a dataset's files cannot be there."""
+    if name == "imagefolder":
+        _class_folders(Path(root) / "train")
+        _class_folders(Path(root) / "test")
+    elif name in ("cifar10", "cifar100") and not download:
+        folder = Path(root) / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+        if not folder.is_dir():
+            raise UserError(f"data.root={root!r} has no {folder.name} folder and data.download is false")
+
+
 def _class_folders(folder: Path) -> list[str]:
     if not folder.is_dir():
         raise UserError(f"image folder {folder} does not exist: data.root must contain train/<class>/ "

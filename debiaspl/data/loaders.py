@@ -79,8 +79,10 @@ class TrainBatches(IterableDataset):
 def train_loader(labeled: ImageSet, unlabeled: ImageSet, *, start_step: int, end_step: int, num_workers: int,
                  pin_memory: bool, **batch_options) -> DataLoader:
     batches = TrainBatches(labeled, unlabeled, start_step, end_step, **batch_options)
+    # A private generator: by default DataLoader draws its worker seed from the global torch RNG,
+    # which would shift dropout masks between a fresh and a resumed run. Batches use no worker seed.
     return DataLoader(batches, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      prefetch_factor=4 if num_workers else None)
+                      prefetch_factor=4 if num_workers else None, generator=torch.Generator().manual_seed(0))
 
 
 def to_model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

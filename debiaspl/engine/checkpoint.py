@@ -35,8 +35,9 @@ def load_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"checkpoint not found: {path}") from None
-    except Exception as exc:
-        raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # torch raises many types here; its long advice is not for our users
+        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}): it is corrupt or not a "
+                        f"checkpoint; move it away to start the run afresh") from None
 
 
 def capture_rng_state() -> dict:

@@ -15,18 +15,20 @@ from pathlib import Path
 import torch
 
 from debiaspl.config import ExperimentConfig, from_dict, save_config, to_dict
+from debiaspl.data.datasets import check_source_available
 from debiaspl.data.prepare import prepare_data
 from debiaspl.engine.checkpoint import load_checkpoint
 from debiaspl.engine.run_log import RunLog
-from debiaspl.engine.trainer import Trainer
+from debiaspl.engine.trainer import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, Trainer
 from debiaspl.errors import UserError
 
 CHECKPOINT_NAME, RESULTS_NAME, CONFIG_NAME = "checkpoint.pt", "results.json", "config.yaml"
 
 # Keys that change where and how a run reports, never its trained weights: they may differ on resume.
 RESUME_SAFE_KEYS = frozenset({
-    "data.root", "data.download", "data.num_workers", "train.device", "eval.batch_size",
-    "logging.run_dir", "logging.log_interval", "logging.checkpoint_interval", "logging.progress_bar",
+    "data.root", "data.download", "data.num_workers", "train.device", "train.deterministic", "eval.batch_size",
+    "eval.interval", "eval.use_ema", "logging.run_dir", "logging.run_name", "logging.log_interval",
+    "logging.checkpoint_interval", "logging.progress_bar",
 })
 
 
@@ -43,6 +45,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def preflight(config: ExperimentConfig) -> None:
+    """Cheap checks that catch user mistakes before any run of a batch starts training."""
+    resolve_device(config.train.device)
+    check_source_available(config.data.dataset, config.data.root, config.data.download)
+    checkpoint_path = run_folder(config) / CHECKPOINT_NAME
+    if checkpoint_path.exists():
+        check_resumable(_load_run_checkpoint(checkpoint_path)[1], config, run_folder(config))
+
+
 def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     """Train into the config's run folder, resuming it when it holds a checkpoint; returns results.
 
@@ -53,17 +64,21 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     checkpoint_path = run_dir / CHECKPOINT_NAME
     state = None
     if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
-        check_resumable(from_dict(state["config"], source=str(checkpoint_path)), config, run_dir)
+        state, saved_config = _load_run_checkpoint(checkpoint_path)
+        check_resumable(saved_config, config, run_dir)
         if (run_dir / RESULTS_NAME).exists() and state["step"] >= config.train.steps:
             print(f"{run_dir}: already finished at step {state['step']}; results in {run_dir / RESULTS_NAME}")
             return json.loads((run_dir / RESULTS_NAME).read_text())
         print(f"{run_dir}: resuming from step {state['step']} of {config.train.steps}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / CONFIG_NAME)
-
     device = resolve_device(config.train.device)
+    if config.train.deterministic:
+        _use_deterministic_kernels()
     data = prepare_data(config.data)
+    try:  # the folder is made only once the data loaded, so a mistake there leaves nothing behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / CONFIG_NAME)
+    except OSError as exc:
+        raise UserError(f"cannot write the run folder {run_dir} (logging.run_dir / logging.run_name): {exc}") from None
     _write_json(run_dir / "run_info.json", {**data.summary(), "device": str(device)})
     print(f"labeled {data.labeled_counts} ({sum(data.labeled_counts)}), unlabeled {data.unlabeled_counts} "
           f"({sum(data.unlabeled_counts)}), test {len(data.test.labels)}")
@@ -88,6 +103,22 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     else:
         print(f"{run_dir}: paused at step {trainer.step} of {config.train.steps}; run again to continue")
     return results
+
+
+def _load_run_checkpoint(path: Path) -> tuple[dict, ExperimentConfig]:
+    state = load_checkpoint(path)
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a debiaspl checkpoint of format {CHECKPOINT_FORMAT} "
+                        f"(missing: {', '.join(missing) or 'none'}); move it away to start the run afresh")
+    return state, from_dict(state["config"], source=str(path))
+
+
+def _use_deterministic_kernels() -> None:
+    # cuBLAS needs this workspace setting before its first call to be deterministic.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
 
 
 def check_resumable(saved: ExperimentConfig, current: ExperimentConfig, run_dir: Path) -> None:

@@ -26,6 +26,8 @@ from debiaspl.models import build_model
 from debiaspl.models.ema import ModelEMA
 
 CHECKPOINT_FORMAT = 1
+CHECKPOINT_KEYS = ("format", "step", "model", "ema", "optimizer", "scheduler", "class_marginal", "monitor", "rng",
+                   "config")
 
 
 def build_step_function(config: ExperimentConfig):
@@ -46,6 +48,7 @@ class PseudoLabelMonitor:
 
     def __init__(self, device: torch.device):
         self.sums = torch.zeros(7, device=device, dtype=torch.float64)
+        self.steps = 0  # steps summed since the last flush
 
     def update(self, result: StepResult, y_ulb: torch.Tensor) -> None:
         correct = (result.pseudo_labels == y_ulb).double()
@@ -54,14 +57,23 @@ class PseudoLabelMonitor:
             result.loss.detach().double(), result.loss_sup.detach().double(), result.loss_unsup.detach().double(),
             mask.mean(), correct.mean(), (correct * mask).sum(), mask.sum(),
         ])
+        self.steps += 1
 
-    def flush(self, steps: int) -> dict[str, float]:
+    def flush(self) -> dict[str, float]:
         """Interval means; the one host sync of a logging interval happens here."""
         loss, loss_sup, loss_unsup, mask_rate, acc, correct_masked, masked = self.sums.tolist()
+        steps, self.steps = self.steps, 0
         self.sums.zero_()
         values = [loss / steps, loss_sup / steps, loss_unsup / steps, mask_rate / steps, acc / steps,
                   correct_masked / masked if masked else float("nan")]
         return dict(zip(self.TAGS, values))
+
+    def state_dict(self) -> dict:
+        return {"sums": self.sums.cpu(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums.copy_(state["sums"])
+        self.steps = int(state["steps"])
 
 
 class Trainer:
@@ -75,6 +87,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, config.train.steps, config.optim.schedule)
         self.step_function = build_step_function(config)
         self.class_marginal = uniform_class_marginal(data.num_classes, device)
+        self.monitor = PseudoLabelMonitor(device)
         self.step = 0
         self.mean = torch.tensor(data.mean, device=device)
         self.std = torch.tensor(data.std, device=device)
@@ -83,7 +96,7 @@ class Trainer:
     def fit(self, log: RunLog, checkpoint_path: Path, until_step: int | None = None) -> dict:
         """Train to train.steps (or pause after `until_step`, checkpointed); returns the last eval metrics."""
         cfg = self.config
-        total_steps, monitor = cfg.train.steps, PseudoLabelMonitor(self.device)
+        total_steps, monitor = cfg.train.steps, self.monitor
         end_step = total_steps if until_step is None else min(until_step, total_steps)
         loader = train_loader(self.data.labeled, self.data.unlabeled, start_step=self.step, end_step=end_step,
                               num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
@@ -91,7 +104,7 @@ class Trainer:
                               seed=cfg.train.seed, strong_variant=cfg.data.strong_augment)
         progress = tqdm(total=total_steps, initial=self.step, desc=cfg.logging.run_name, unit="step",
                         dynamic_ncols=True, disable=None if cfg.logging.progress_bar else True)
-        metrics, steps_since_log, interval_start = {}, 0, time.perf_counter()
+        metrics, interval_start, steps_timed = {}, time.perf_counter(), 0
         self.model.train()
         for batch in loader:
             batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
@@ -106,29 +119,29 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             self.optimizer.step()
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step used
             self.scheduler.step()
             self.step += 1
             self.ema.update(self.model, self.step)
             self.class_marginal = result.class_marginal
             monitor.update(result, batch["y_ulb"])
-            steps_since_log += 1
+            steps_timed += 1
             progress.update(1)
 
             is_last = self.step == total_steps
             if self.step % cfg.logging.log_interval == 0 or is_last:
-                seconds = time.perf_counter() - interval_start
-                scalars = monitor.flush(steps_since_log)
-                scalars["train/lr"] = self.scheduler.get_last_lr()[0]
-                scalars["train/steps_per_second"] = steps_since_log / max(seconds, 1e-9)
+                steps_per_second = steps_timed / max(time.perf_counter() - interval_start, 1e-9)
+                scalars = monitor.flush()
+                scalars["train/lr"] = lr
+                scalars["train/steps_per_second"] = steps_per_second
                 scalars.update(self._marginal_scalars())
                 log.scalars(self.step, scalars)
                 progress.set_postfix(loss=f"{scalars['train/loss']:.3f}", mask=f"{scalars['pseudo/mask_rate']:.2f}")
-                steps_since_log, interval_start = 0, time.perf_counter()
+                interval_start, steps_timed = time.perf_counter(), 0
             if self.step % cfg.eval.interval == 0 or is_last:
                 metrics = self.evaluate()
                 log.scalars(self.step, _eval_scalars(metrics, self.data.class_names))
                 progress.write(f"step {self.step}: top1 {metrics['top1']:.4f}  balanced {metrics['balanced_acc']:.4f}")
-                self.model.train()
             if self.step % cfg.logging.checkpoint_interval == 0 or self.step == end_step:
                 save_checkpoint(self.state_dict(), checkpoint_path)
         progress.close()
@@ -162,6 +175,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "class_marginal": self.class_marginal.cpu(),
+            "monitor": self.monitor.state_dict(),
             "rng": capture_rng_state(),
             "config": to_dict(self.config),
         }
@@ -173,6 +187,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.class_marginal = state["class_marginal"].to(self.device)
+        self.monitor.load_state_dict(state["monitor"])
         restore_rng_state(state["rng"])
 
 
