@@ -95,9 +95,17 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from debiaspl.config import describe_fields, load_experiment, to_dict
 
     if args.reference:
-        print("| key | type | default | meaning |\n|---|---|---|---|")
-        for key, type_name, default, doc in describe_fields():
-            print(f"| `{key}` | {type_name} | `{default!r}` | {doc} |")
+        from debiaspl.hooks import HOOKS
+
+        def table(rows):
+            print("| key | type | default | meaning |\n|---|---|---|---|")
+            for key, type_name, default, doc in rows:
+                print(f"| `{key}` | {type_name} | `{default!r}` | {doc} |")
+
+        table(describe_fields())
+        for name, hook in HOOKS.items():
+            print(f"\nHook `{name}` (an entry `- name: {name}` of the `hooks:` list):\n")
+            table(describe_fields(hook.Options, ""))
         return 0
     if args.experiment is None:
         parser.error("name an experiment file, or pass --reference")

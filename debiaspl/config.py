@@ -103,6 +103,14 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class HookConfig:
+    """One entry of the `hooks:` list: a hook name from debiaspl.hooks.HOOKS and its validated options."""
+
+    name: str
+    options: Any
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -111,6 +119,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    hooks: tuple[HookConfig, ...] = ()  # analyses that watch training; they never change the weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +162,10 @@ def from_dict(raw: dict, source: str = "config") -> ExperimentConfig:
 
 
 def to_dict(config: ExperimentConfig) -> dict:
-    return dataclasses.asdict(config)
+    """Plain nested dicts and lists, in the shape an experiment file has (hooks as flat mappings)."""
+    raw = {f.name: dataclasses.asdict(getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "hooks"}
+    raw["hooks"] = [{"name": hook.name, **dataclasses.asdict(hook.options)} for hook in config.hooks]
+    return raw
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:
@@ -172,6 +184,8 @@ def describe_fields(cls: type = ExperimentConfig, prefix: str = "") -> list[tupl
     rows = []
     for f in dataclasses.fields(cls):
         hint = typing.get_type_hints(cls)[f.name]
+        if f.name == "hooks" and cls is ExperimentConfig:
+            continue  # documented per hook: describe_fields(HOOKS[name].Options, f"hooks[].")
         if dataclasses.is_dataclass(hint):
             rows += describe_fields(hint, prefix + f.name + ".")
         else:
@@ -249,13 +263,40 @@ def _build(cls: type, raw: dict, prefix: str, source: str) -> Any:
         if f.name not in raw:
             continue
         hint, value, dotted = hints[f.name], raw[f.name], prefix + f.name
-        if dataclasses.is_dataclass(hint):
+        if cls is ExperimentConfig and f.name == "hooks":
+            values[f.name] = _build_hooks(value, source)
+        elif dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {dotted} must be a section (a mapping), got {value!r}")
             values[f.name] = _build(hint, value, dotted + ".", source)
         else:
             values[f.name] = _check_value(value, hint, f.metadata, dotted, source)
     return cls(**values)
+
+
+def _build_hooks(entries: Any, source: str) -> tuple[HookConfig, ...]:
+    from debiaspl.hooks import HOOKS  # late: hook modules import this one for `option`
+
+    if entries is None:
+        return ()
+    if not isinstance(entries, list):
+        raise ConfigError(f"{source}: hooks must be a list of mappings like `- name: drift`, got {entries!r}")
+    hooks, seen = [], set()
+    for index, entry in enumerate(entries):
+        where = f"hooks[{index}]"
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"{source}: {where} = {entry!r}: expected a mapping with a `name` key")
+        options = dict(entry)
+        name = options.pop("name")
+        if name not in HOOKS:
+            close = difflib.get_close_matches(str(name), list(HOOKS), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{source}: {where}.name = {name!r}: must be one of {', '.join(HOOKS)}{hint}")
+        if name in seen:
+            raise ConfigError(f"{source}: {where}.name = {name!r}: each hook may be listed once")
+        seen.add(name)
+        hooks.append(HookConfig(name, _build(HOOKS[name].Options, options, f"{where}.", source)))
+    return tuple(hooks)
 
 
 def _check_relations(config: ExperimentConfig, source: str) -> None:

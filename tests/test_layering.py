@@ -30,6 +30,7 @@ def test_algorithm_imports_only_torch():
     ("analysis", ("debiaspl.engine", "debiaspl.cli")),
     ("data", ("debiaspl.engine", "debiaspl.cli", "debiaspl.models", "debiaspl.algorithm")),
     ("models", ("debiaspl.engine", "debiaspl.cli", "debiaspl.data", "debiaspl.algorithm")),
+    ("hooks", ("debiaspl.engine", "debiaspl.cli", "debiaspl.models")),  # hooks see only their records
 ])
 def test_forbidden_imports(folder, forbidden):
     for filename, module in imported_modules(PACKAGE / folder):

@@ -35,6 +35,15 @@ def stream_indices(set_size: int, batch_size: int, step: int, seed: int, stream:
     return torch.cat(perms)[offset:offset + batch_size]
 
 
+def stream_epochs(set_size: int, batch_size: int, step: int) -> torch.Tensor:
+    """Epoch [batch_size] of each position of `step`'s batch in a stream_indices stream.
+
+    Each epoch is one permutation of the set, so a sample appears exactly once per epoch; this is
+    what per-epoch training dynamics (dataset cartography) rely on.
+    """
+    return (step * batch_size + torch.arange(batch_size)) // set_size
+
+
 def make_train_batch(labeled: ImageSet, unlabeled: ImageSet, step: int, *, batch_size: int,
                      unlabeled_ratio: int, seed: int, strong_variant: str) -> dict[str, torch.Tensor]:
     """The batch of one step (uint8 images; y_ulb is the hidden truth, for monitoring only).

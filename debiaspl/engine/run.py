@@ -19,16 +19,16 @@ from debiaspl.data.datasets import check_source_available
 from debiaspl.data.prepare import prepare_data
 from debiaspl.engine.checkpoint import load_checkpoint
 from debiaspl.engine.run_log import RunLog
-from debiaspl.engine.trainer import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, Trainer
+from debiaspl.engine.trainer import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, CHECKPOINT_NAME, Trainer
 from debiaspl.errors import UserError
 
-CHECKPOINT_NAME, RESULTS_NAME, CONFIG_NAME = "checkpoint.pt", "results.json", "config.yaml"
+RESULTS_NAME, CONFIG_NAME = "results.json", "config.yaml"
 
 # Keys that change where and how a run reports, never its trained weights: they may differ on resume.
 RESUME_SAFE_KEYS = frozenset({
     "data.root", "data.download", "data.num_workers", "train.device", "train.deterministic", "eval.batch_size",
     "eval.interval", "eval.use_ema", "logging.run_dir", "logging.run_name", "logging.log_interval",
-    "logging.checkpoint_interval", "logging.progress_bar",
+    "logging.checkpoint_interval", "logging.progress_bar", "hooks",
 })
 
 
@@ -92,7 +92,7 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
         log.text("data/split", _split_table(data.class_names, data.labeled_counts, data.unlabeled_counts))
     started = time.perf_counter()
     try:
-        metrics = trainer.fit(log, checkpoint_path, until_step)
+        metrics = trainer.fit(log, run_dir, until_step)
     finally:
         log.close()
     results = {"step": trainer.step, "algorithm": config.algorithm.name, "run": str(run_dir),

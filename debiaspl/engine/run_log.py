@@ -13,6 +13,8 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
+from debiaspl.analysis.plots import save_figure
+
 
 class RunLog:
     def __init__(self, run_dir: Path, resume_step: int):
@@ -33,6 +35,25 @@ class RunLog:
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         self.writer.add_text(tag, text, step)
+
+    def histogram(self, tag: str, counts: list[int], edges: list[float], step: int) -> None:
+        """A histogram already binned (counts [K], edges [K + 1]); an empty one is written too (nothing passed)."""
+        total = sum(counts)
+        centers = [(low + high) / 2 for low, high in zip(edges[:-1], edges[1:])]
+        self.writer.add_histogram_raw(
+            tag, min=edges[0], max=edges[-1], num=total, sum=sum(c * x for c, x in zip(counts, centers)),
+            sum_squares=sum(c * x * x for c, x in zip(counts, centers)), bucket_limits=list(edges[1:]),
+            bucket_counts=list(counts), global_step=step)
+
+    def figure(self, tag: str, figure, step: int, png_path: Path | None = None) -> None:
+        """A matplotlib figure as a TensorBoard image (and a PNG file when a path is given)."""
+        if png_path is not None:
+            save_figure(figure, png_path)
+        self.writer.add_figure(tag, figure, step, close=True)
+
+    def custom_scalars(self, layout: dict) -> None:
+        """TensorBoard's Custom Scalars layout: several tags' curves on one chart."""
+        self.writer.add_custom_scalars(layout)
 
     def close(self) -> None:
         self.writer.close()

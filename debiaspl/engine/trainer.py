@@ -14,20 +14,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from debiaspl.algorithm import ALGORITHMS, StepResult, uniform_class_marginal
+from debiaspl.algorithm import ALGORITHMS, uniform_class_marginal
 from debiaspl.config import ExperimentConfig, to_dict
 from debiaspl.data.loaders import to_model_input, train_loader
 from debiaspl.data.prepare import TrainingData
 from debiaspl.engine.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from debiaspl.engine.evaluate import evaluate_model, evaluate_pseudo_labels
+from debiaspl.engine.monitor import PseudoLabelMonitor
 from debiaspl.engine.optim import build_optimizer, build_scheduler
 from debiaspl.engine.run_log import RunLog
+from debiaspl.hooks import HOOKS, RunContext, StepRecord
 from debiaspl.models import build_model
 from debiaspl.models.ema import ModelEMA
 
 CHECKPOINT_FORMAT = 1
-CHECKPOINT_KEYS = ("format", "step", "model", "ema", "optimizer", "scheduler", "class_marginal", "monitor", "rng",
-                   "config")
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_KEYS = ("format", "step", "model", "ema", "optimizer", "scheduler", "class_marginal", "monitor", "hooks",
+                   "rng", "config")
 
 
 def build_step_function(config: ExperimentConfig):
@@ -38,42 +41,6 @@ def build_step_function(config: ExperimentConfig):
     if algorithm.name == "debiaspl":
         options["tau"] = algorithm.tau
     return functools.partial(ALGORITHMS[algorithm.name], **options)
-
-
-class PseudoLabelMonitor:
-    """Sums over a logging interval, kept on the device so the loop never waits for the host."""
-
-    TAGS = ("train/loss", "train/loss_sup", "train/loss_unsup", "pseudo/mask_rate", "pseudo/acc",
-            "pseudo/acc_masked")
-
-    def __init__(self, device: torch.device):
-        self.sums = torch.zeros(7, device=device, dtype=torch.float64)
-        self.steps = 0  # steps summed since the last flush
-
-    def update(self, result: StepResult, y_ulb: torch.Tensor) -> None:
-        correct = (result.pseudo_labels == y_ulb).double()
-        mask = result.mask.double()
-        self.sums += torch.stack([
-            result.loss.detach().double(), result.loss_sup.detach().double(), result.loss_unsup.detach().double(),
-            mask.mean(), correct.mean(), (correct * mask).sum(), mask.sum(),
-        ])
-        self.steps += 1
-
-    def flush(self) -> dict[str, float]:
-        """Interval means; the one host sync of a logging interval happens here."""
-        loss, loss_sup, loss_unsup, mask_rate, acc, correct_masked, masked = self.sums.tolist()
-        steps, self.steps = self.steps, 0
-        self.sums.zero_()
-        values = [loss / steps, loss_sup / steps, loss_unsup / steps, mask_rate / steps, acc / steps,
-                  correct_masked / masked if masked else float("nan")]
-        return dict(zip(self.TAGS, values))
-
-    def state_dict(self) -> dict:
-        return {"sums": self.sums.cpu(), "steps": self.steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sums.copy_(state["sums"])
-        self.steps = int(state["steps"])
 
 
 class Trainer:
@@ -88,14 +55,23 @@ class Trainer:
         self.step_function = build_step_function(config)
         self.class_marginal = uniform_class_marginal(data.num_classes, device)
         self.monitor = PseudoLabelMonitor(device)
+        self.hooks = [HOOKS[hook.name](hook.options) for hook in config.hooks]
         self.step = 0
         self.mean = torch.tensor(data.mean, device=device)
         self.std = torch.tensor(data.std, device=device)
+        self._features: torch.Tensor | None = None
+        if any(hook.needs_features for hook in self.hooks):
+            # The classifier's input is the penultimate feature; keeping it costs no extra forward pass.
+            self.model.classifier.register_forward_hook(self._keep_features)
+
+    def _keep_features(self, module, inputs, output) -> None:
+        self._features = inputs[0].detach()
 
     # -- the loop --------------------------------------------------------------------------------
-    def fit(self, log: RunLog, checkpoint_path: Path, until_step: int | None = None) -> dict:
+    def fit(self, log: RunLog, run_dir: Path, until_step: int | None = None) -> dict:
         """Train to train.steps (or pause after `until_step`, checkpointed); returns the last eval metrics."""
         cfg = self.config
+        checkpoint_path = run_dir / CHECKPOINT_NAME
         total_steps, monitor = cfg.train.steps, self.monitor
         end_step = total_steps if until_step is None else min(until_step, total_steps)
         loader = train_loader(self.data.labeled, self.data.unlabeled, start_step=self.step, end_step=end_step,
@@ -105,6 +81,9 @@ class Trainer:
         progress = tqdm(total=total_steps, initial=self.step, desc=cfg.logging.run_name, unit="step",
                         dynamic_ncols=True, disable=None if cfg.logging.progress_bar else True)
         metrics, interval_start, steps_timed = {}, time.perf_counter(), 0
+        context = self._run_context(log, run_dir)
+        for hook in self.hooks:
+            hook.on_train_start(context)
         self.model.train()
         for batch in loader:
             batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
@@ -123,10 +102,14 @@ class Trainer:
             self.scheduler.step()
             self.step += 1
             self.ema.update(self.model, self.step)
-            self.class_marginal = result.class_marginal
+            marginal_before, self.class_marginal = self.class_marginal, result.class_marginal
             monitor.update(result, batch["y_ulb"])
             steps_timed += 1
             progress.update(1)
+            if self.hooks:
+                record = self._step_record(batch, logits_lb, logits_weak, result, marginal_before, lr)
+                for hook in self.hooks:
+                    hook.on_step_end(record)
 
             is_last = self.step == total_steps
             if self.step % cfg.logging.log_interval == 0 or is_last:
@@ -142,7 +125,12 @@ class Trainer:
                 metrics = self.evaluate()
                 log.scalars(self.step, _eval_scalars(metrics, self.data.class_names))
                 progress.write(f"step {self.step}: top1 {metrics['top1']:.4f}  balanced {metrics['balanced_acc']:.4f}")
+                for hook in self.hooks:
+                    hook.on_evaluation(self.step, metrics)
             if self.step % cfg.logging.checkpoint_interval == 0 or self.step == end_step:
+                if self.step == end_step:  # hooks write their final summaries into the last checkpoint's state
+                    for hook in self.hooks:
+                        hook.on_train_end(self.step)
                 save_checkpoint(self.state_dict(), checkpoint_path)
         progress.close()
         if not metrics and self.step == total_steps:  # resumed from the final checkpoint
@@ -161,6 +149,32 @@ class Trainer:
                                               self.device))
         return metrics
 
+    def _run_context(self, log: RunLog, run_dir: Path) -> RunContext:
+        cfg, data = self.config, self.data
+        return RunContext(
+            run_dir=run_dir, log=log, class_names=data.class_names, labeled_ids=data.labeled.sample_ids,
+            unlabeled_ids=data.unlabeled.sample_ids, labeled_labels=data.labeled.labels.to(self.device),
+            unlabeled_labels=data.unlabeled.labels.to(self.device), labeled_counts=data.labeled_counts,
+            unlabeled_counts=data.unlabeled_counts, batch_size=cfg.train.batch_size,
+            unlabeled_batch_size=cfg.train.batch_size * cfg.train.unlabeled_ratio, total_steps=cfg.train.steps,
+            start_step=self.step, algorithm=cfg.algorithm.name,
+            tau=cfg.algorithm.tau if cfg.algorithm.name == "debiaspl" else 0.0, threshold=cfg.algorithm.threshold,
+            device=self.device)
+
+    def _step_record(self, batch: dict, logits_lb: torch.Tensor, logits_weak: torch.Tensor, result,
+                     marginal_before: torch.Tensor, lr: float) -> StepRecord:
+        num_lb, num_ulb = len(batch["y_lb"]), len(batch["idx_ulb"])
+        features_lb = features_weak = None
+        if self._features is not None:
+            features_lb, features_weak, _ = self._features.split([num_lb, num_ulb, num_ulb])
+        return StepRecord(
+            step=self.step, idx_lb=batch["idx_lb"], y_lb=batch["y_lb"], logits_lb=logits_lb.detach().float(),
+            idx_ulb=batch["idx_ulb"], y_ulb=batch["y_ulb"], logits_weak=logits_weak.detach().float(),
+            probs_weak=result.probs_weak, probs_pseudo=result.probs_pseudo, pseudo_labels=result.pseudo_labels,
+            mask=result.mask, class_marginal_before=marginal_before, class_marginal=result.class_marginal,
+            loss=result.loss.detach(), loss_sup=result.loss_sup.detach(), loss_unsup=result.loss_unsup.detach(),
+            lr=lr, features_lb=features_lb, features_weak=features_weak)
+
     def _marginal_scalars(self) -> dict[str, float]:
         values = self.class_marginal.tolist()
         return {f"pseudo/class_marginal/{name}": value for name, value in zip(self.data.class_names, values)}
@@ -176,6 +190,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "class_marginal": self.class_marginal.cpu(),
             "monitor": self.monitor.state_dict(),
+            "hooks": {hook.name: hook.on_save_checkpoint() for hook in self.hooks},
             "rng": capture_rng_state(),
             "config": to_dict(self.config),
         }
@@ -188,6 +203,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.class_marginal = state["class_marginal"].to(self.device)
         self.monitor.load_state_dict(state["monitor"])
+        for hook in self.hooks:  # a hook added on resume starts fresh
+            if hook.name in state["hooks"]:
+                hook.on_load_checkpoint(state["hooks"][hook.name])
         restore_rng_state(state["rng"])
 
 

@@ -1,0 +1,107 @@
+"""The hook API: named events around the training loop, and the frozen records hooks receive.
+
+Hooks observe, they never steer: they get detached tensors the step already computed, write logs
+and files, and keep checkpointable state. They never touch the model, optimizer, loss or global
+RNG, and never force a host sync on every step (accumulate on the device, flush at an interval).
+Adding a hook means writing one module with a `Hook` subclass and an `Options` dataclass, and
+listing it in `debiaspl.hooks.HOOKS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+
+class HookLog(Protocol):
+    """Where hooks write: the run's TensorBoard and metrics.jsonl (debiaspl.engine.run_log.RunLog)."""
+
+    def scalars(self, step: int, values: dict[str, float]) -> None: ...
+    def histogram(self, tag: str, counts: list[int], edges: list[float], step: int) -> None: ...
+    def figure(self, tag: str, figure: Any, step: int, png_path: Path | None = None) -> None: ...
+    def text(self, tag: str, text: str, step: int = 0) -> None: ...
+    def custom_scalars(self, layout: dict) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a hook may know about the run, handed over once at train start."""
+
+    run_dir: Path
+    log: HookLog
+    class_names: list[str]
+    labeled_ids: list[str]            # [N_lb] stable sample ids (file paths for image folders)
+    unlabeled_ids: list[str]          # [N_ulb]
+    labeled_labels: torch.Tensor      # [N_lb] int64, on the device
+    unlabeled_labels: torch.Tensor    # [N_ulb] int64 hidden truth, for monitoring only, on the device
+    labeled_counts: list[int]         # [C]
+    unlabeled_counts: list[int]       # [C]
+    batch_size: int                   # B
+    unlabeled_batch_size: int         # mu * B
+    total_steps: int                  # T
+    start_step: int                   # 0, or the step a resumed run continues from
+    algorithm: str                    # "fixmatch" or "debiaspl"
+    tau: float                        # 0 for FixMatch
+    threshold: float
+    device: torch.device
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one training step computed, detached. Index i of a `*_ulb` / `*_weak` tensor is sample idx_ulb[i]."""
+
+    step: int                          # steps done, counting this one (1 for the first step)
+    idx_lb: torch.Tensor               # [B] indices into the labeled set
+    y_lb: torch.Tensor                 # [B]
+    logits_lb: torch.Tensor            # [B, C] float32
+    idx_ulb: torch.Tensor              # [N] indices into the unlabeled set, N = mu * B
+    y_ulb: torch.Tensor                # [N] hidden truth, for monitoring only
+    logits_weak: torch.Tensor          # [N, C] float32
+    probs_weak: torch.Tensor           # [N, C] raw weak-view softmax
+    probs_pseudo: torch.Tensor         # [N, C] distribution the pseudo-labels come from (debiased for DebiasPL)
+    pseudo_labels: torch.Tensor        # [N]
+    mask: torch.Tensor                 # [N] float, 1 where the pseudo-label passed the threshold
+    class_marginal_before: torch.Tensor  # [C] q_hat the pseudo-labels were debiased with
+    class_marginal: torch.Tensor       # [C] q_hat after this step
+    loss: torch.Tensor                 # scalar
+    loss_sup: torch.Tensor             # scalar
+    loss_unsup: torch.Tensor           # scalar
+    lr: float
+    features_lb: torch.Tensor | None = None    # [B, D] penultimate features, when a hook asks for them
+    features_weak: torch.Tensor | None = None  # [N, D]
+
+
+class Hook:
+    """Base class: every event is a no-op; override the ones you need. Called in config order."""
+
+    name: ClassVar[str] = ""
+    needs_features: ClassVar[bool] = False  # ask the trainer for penultimate features in StepRecord
+
+    def __init__(self, options: Any):
+        self.options = options
+
+    def on_train_start(self, context: RunContext) -> None:
+        """Before the first step of this session (fresh or resumed); state is already loaded."""
+
+    def on_step_end(self, record: StepRecord) -> None:
+        """After every optimizer step. Must not sync with the device except at the hook's own interval."""
+
+    def on_evaluation(self, step: int, metrics: dict) -> None:
+        """After each test-set evaluation, with its metrics."""
+
+    def on_train_end(self, step: int) -> None:
+        """When training stops in this session (finished or paused with --until-step)."""
+
+    def on_save_checkpoint(self) -> dict:
+        """State to keep in the checkpoint so a resumed run continues this hook's curves."""
+        return {}
+
+    def on_load_checkpoint(self, state: dict) -> None:
+        """Restore what on_save_checkpoint returned (before on_train_start)."""

@@ -1,0 +1,130 @@
+"""Class-distribution drift of the pseudo-labels: do they favour the head classes, and does DebiasPL pull them back?
+
+Counts pseudo-labels per class on the device every step and, every `interval` steps, logs how far
+their distribution is from the true unlabeled distribution and from uniform, per-class precision /
+recall / count ratio against the hidden labels, and (every `figure_interval` steps) figures of q_hat
+against the truth and of the confusion matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from debiaspl.analysis.distribution import (confusion_update, count_ratio, imbalance_ratio, kl_divergence,
+                                            per_class_precision_recall)
+from debiaspl.analysis.plots import class_distribution_figure, confusion_matrix_figure
+from debiaspl.config import option
+from debiaspl.hooks.base import Hook, RunContext, StepRecord
+
+
+@dataclass(frozen=True)
+class DriftOptions:
+    interval: int = option(500, "log the drift statistics of the last `interval` steps every this many steps", ge=1)
+    figure_interval: int = option(2500, "draw the q_hat-vs-truth and confusion-matrix figures every this many steps (and at the end)", ge=1)
+
+
+class DriftHook(Hook):
+    name = "drift"
+    Options = DriftOptions
+
+    def __init__(self, options: DriftOptions):
+        super().__init__(options)
+        self.sums: dict[str, torch.Tensor] = {}
+        self._last_interval: tuple[int, torch.Tensor, torch.Tensor] | None = None  # step, q_hat, confusion
+        self._figures_step = -1
+
+    def on_train_start(self, context: RunContext) -> None:
+        self.context = context
+        num_classes, device = context.num_classes, context.device
+        if not self.sums:  # fresh run (a resumed one has them from the checkpoint)
+            self.sums = self._empty_sums(num_classes, device)
+        else:
+            self.sums = {key: value.to(device) for key, value in self.sums.items()}
+        truth = torch.tensor(context.unlabeled_counts, dtype=torch.float64)
+        self.true_distribution = truth / truth.sum()
+        per_class = {"q_hat per class": r"pseudo/class_marginal/.*",
+                     "pseudo-label share per class": r"drift/pseudo_share/.*",
+                     "pseudo-label precision per class": r"drift/precision/.*",
+                     "pseudo-label recall per class": r"drift/recall/.*",
+                     "#pseudo-labels / #true per class": r"drift/count_ratio/.*",
+                     "mask rate per pseudo-label class": r"drift/mask_rate/.*"}
+        context.log.custom_scalars({"drift": {title: ["Multiline", [pattern]] for title, pattern in per_class.items()}})
+
+    @staticmethod
+    def _empty_sums(num_classes: int, device: torch.device) -> dict[str, torch.Tensor]:
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.long, device=device)  # noqa: E731
+        return {"confusion": zeros(num_classes, num_classes), "masked": zeros(num_classes),
+                "raw": zeros(num_classes), "changed": zeros(())}
+
+    def on_step_end(self, record: StepRecord) -> None:
+        sums = self.sums
+        confusion_update(sums["confusion"], record.y_ulb, record.pseudo_labels)
+        sums["masked"].index_add_(0, record.pseudo_labels, record.mask.long())
+        raw_labels = record.probs_weak.argmax(dim=1)
+        sums["raw"].index_add_(0, raw_labels, torch.ones_like(raw_labels))
+        sums["changed"] += (raw_labels != record.pseudo_labels).sum()
+        if record.step % self.options.interval == 0 or record.step == self.context.total_steps:
+            self._flush(record)
+
+    def on_train_end(self, step: int) -> None:
+        self._draw_figures()
+
+    def _flush(self, record: StepRecord) -> None:
+        """Log the interval's statistics; the host sync of the interval happens here."""
+        sums = {key: value.cpu() for key, value in self.sums.items()}
+        self.sums = self._empty_sums(self.context.num_classes, self.context.device)
+        confusion = sums["confusion"]
+        counts = confusion.sum(dim=0)
+        total = int(counts.sum())
+        if total == 0:
+            return
+        marginal = record.class_marginal.double().cpu()
+        uniform = torch.full_like(self.true_distribution, 1.0 / len(self.true_distribution))
+        share = counts.double() / total
+        precision, recall = per_class_precision_recall(confusion)
+        scalars = {
+            "drift/kl_to_true": kl_divergence(share, self.true_distribution),
+            "drift/kl_to_uniform": kl_divergence(share, uniform),
+            "drift/kl_marginal_to_true": kl_divergence(marginal, self.true_distribution),
+            "drift/imbalance_ratio": imbalance_ratio(counts),
+            "drift/imbalance_ratio_masked": imbalance_ratio(sums["masked"]),
+            "drift/debias_changed": int(sums["changed"]) / total,
+        }
+        per_class = {"pseudo_share": share, "precision": precision, "recall": recall,
+                     "count_ratio": count_ratio(confusion),
+                     "mask_rate": sums["masked"].double() / counts.clamp_min(1).double()}
+        for group, values in per_class.items():
+            for name, value in zip(self.context.class_names, values.tolist()):
+                scalars[f"drift/{group}/{name}"] = value
+        log, step = self.context.log, record.step
+        log.scalars(step, scalars)
+        edges = [k - 0.5 for k in range(self.context.num_classes + 1)]
+        log.histogram("drift/pseudo_labels", counts.tolist(), edges, step)
+        log.histogram("drift/pseudo_labels_masked", sums["masked"].tolist(), edges, step)
+        log.histogram("drift/pseudo_labels_before_debiasing", sums["raw"].tolist(), edges, step)
+        self._last_interval = (step, marginal, confusion)
+        if step % self.options.figure_interval == 0:
+            self._draw_figures()
+
+    def _draw_figures(self) -> None:
+        """Figures of the last logged interval (once per interval), as TensorBoard images and PNGs."""
+        if self._last_interval is None or self._last_interval[0] == self._figures_step:
+            return
+        step, marginal, confusion = self._last_interval
+        self._figures_step = step
+        context = self.context
+        folder = context.run_dir / "drift"
+        figure = class_distribution_figure(context.class_names, marginal, self.true_distribution,
+                                           f"q_hat vs true unlabeled distribution, step {step}")
+        context.log.figure("drift/class_marginal_vs_true", figure, step, folder / "class_marginal_vs_true.png")
+        figure = confusion_matrix_figure(confusion, context.class_names,
+                                         f"pseudo-labels vs hidden labels (rows: truth), interval ending at step {step}")
+        context.log.figure("drift/confusion", figure, step, folder / "confusion.png")
+
+    def on_save_checkpoint(self) -> dict:
+        return {key: value.cpu() for key, value in self.sums.items()}
+
+    def on_load_checkpoint(self, state: dict) -> None:
+        self.sums = dict(state)

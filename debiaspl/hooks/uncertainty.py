@@ -1,0 +1,134 @@
+"""Entropy-based uncertainty and calibration of the pseudo-labels, before and after debiasing.
+
+Normalized entropy H(p) / log C of the weak-view distribution: histograms (all, confident, not
+confident), mean per pseudo-label class, how well it separates wrong from right pseudo-labels
+(AUROC against the hidden labels), and the calibration of the pseudo-labels' confidence (ECE,
+Guo et al. 2017, with a reliability diagram). Everything is binned on the device every step and
+logged every `interval` steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from debiaspl.analysis.plots import reliability_diagram_figure
+from debiaspl.analysis.uncertainty import (auroc_from_histograms, calibration_update, expected_calibration_error,
+                                           histogram_update, normalized_entropy)
+from debiaspl.config import option
+from debiaspl.hooks.base import Hook, RunContext, StepRecord
+
+_AUROC_BINS = 1000  # fine bins: the binned AUROC differs from the exact one only through ties within a bin
+
+
+@dataclass(frozen=True)
+class UncertaintyOptions:
+    interval: int = option(500, "log the statistics of the last `interval` steps every this many steps", ge=1)
+    histogram_bins: int = option(20, "bins of the entropy histograms over [0, 1]", ge=2)
+    calibration_bins: int = option(15, "confidence bins of the ECE and the reliability diagram", ge=2)
+    figure_interval: int = option(2500, "draw the reliability diagrams every this many steps (and at the end)", ge=1)
+
+
+class UncertaintyHook(Hook):
+    name = "uncertainty"
+    Options = UncertaintyOptions
+
+    def __init__(self, options: UncertaintyOptions):
+        super().__init__(options)
+        self.sums: dict[str, dict[str, torch.Tensor]] = {}
+        self._last_interval: tuple[int, dict] | None = None
+        self._figures_step = -1
+
+    def on_train_start(self, context: RunContext) -> None:
+        self.context = context
+        # For FixMatch (tau = 0) the two distributions are the same: watch one.
+        self.views = ("before_debiasing", "after_debiasing") if context.tau > 0 else ("pseudo_labels",)
+        if self.sums:
+            self.sums = {view: {k: v.to(context.device) for k, v in sums.items()} for view, sums in self.sums.items()}
+        else:
+            self.sums = {view: self._empty_sums() for view in self.views}
+        context.log.custom_scalars({"uncertainty": {
+            f"mean entropy per pseudo-label class ({view})": ["Multiline", [rf"uncertainty/{view}/entropy_by_class/.*"]]
+            for view in self.views}})
+
+    def _empty_sums(self) -> dict[str, torch.Tensor]:
+        device, bins, classes = self.context.device, self.options.histogram_bins, self.context.num_classes
+        zeros = lambda size, dtype=torch.long: torch.zeros(size, dtype=dtype, device=device)  # noqa: E731
+        calibration = self.options.calibration_bins
+        return {"all": zeros(bins), "masked": zeros(bins), "unmasked": zeros(bins),
+                "right": zeros(_AUROC_BINS), "wrong": zeros(_AUROC_BINS),
+                "class_sum": zeros(classes, torch.float64), "class_count": zeros(classes),
+                "masked_sum": zeros(2, torch.float64), "masked_count": zeros(2),
+                "cal_count": zeros(calibration), "cal_confidence": zeros(calibration, torch.float64),
+                "cal_correct": zeros(calibration, torch.float64)}
+
+    def on_step_end(self, record: StepRecord) -> None:
+        for view in self.views:
+            probs = record.probs_weak if view == "before_debiasing" else record.probs_pseudo
+            self._accumulate(self.sums[view], probs, record)
+        if record.step % self.options.interval == 0 or record.step == self.context.total_steps:
+            self._flush(record.step)
+
+    def _accumulate(self, sums: dict[str, torch.Tensor], probs: torch.Tensor, record: StepRecord) -> None:
+        entropy = normalized_entropy(probs)
+        confidence, labels = probs.max(dim=1)
+        correct = labels == record.y_ulb
+        masked = record.mask.bool()
+        histogram_update(sums["all"], entropy)
+        histogram_update(sums["masked"], entropy, where=masked)
+        histogram_update(sums["unmasked"], entropy, where=~masked)
+        histogram_update(sums["right"], entropy, where=correct)
+        histogram_update(sums["wrong"], entropy, where=~correct)
+        sums["class_sum"].index_add_(0, labels, entropy.double())
+        sums["class_count"].index_add_(0, labels, torch.ones_like(labels))
+        sums["masked_sum"].index_add_(0, masked.long(), entropy.double())
+        sums["masked_count"].index_add_(0, masked.long(), torch.ones_like(labels))
+        calibration_update(sums["cal_count"], sums["cal_confidence"], sums["cal_correct"], confidence, correct.double())
+
+    def _flush(self, step: int) -> None:
+        """Log the interval's statistics; the host sync of the interval happens here."""
+        sums = {view: {key: value.cpu() for key, value in view_sums.items()} for view, view_sums in self.sums.items()}
+        self.sums = {view: self._empty_sums() for view in self.views}
+        if int(sums[self.views[0]]["all"].sum()) == 0:
+            return
+        log, scalars = self.context.log, {}
+        edges = torch.linspace(0, 1, self.options.histogram_bins + 1).tolist()
+        for view, s in sums.items():
+            prefix = f"uncertainty/{view}"
+            total = s["class_count"].sum().clamp_min(1)
+            scalars[f"{prefix}/entropy_mean"] = float(s["class_sum"].sum() / total)
+            unmasked, masked = (s["masked_sum"] / s["masked_count"].clamp_min(1)).tolist()
+            scalars[f"{prefix}/entropy_masked"] = masked if s["masked_count"][1] else float("nan")
+            scalars[f"{prefix}/entropy_unmasked"] = unmasked if s["masked_count"][0] else float("nan")
+            scalars[f"{prefix}/auroc_entropy_wrong"] = auroc_from_histograms(s["wrong"], s["right"])
+            scalars[f"{prefix}/ece"] = expected_calibration_error(s["cal_count"], s["cal_confidence"], s["cal_correct"])
+            by_class = s["class_sum"] / s["class_count"].clamp_min(1)
+            for name, value, count in zip(self.context.class_names, by_class.tolist(), s["class_count"].tolist()):
+                scalars[f"{prefix}/entropy_by_class/{name}"] = value if count else float("nan")
+            for part in ("all", "masked", "unmasked"):
+                log.histogram(f"{prefix}/entropy_{part}", s[part].tolist(), edges, step)
+        log.scalars(step, scalars)
+        self._last_interval = (step, sums)
+        if step % self.options.figure_interval == 0:
+            self._draw_figures()
+
+    def on_train_end(self, step: int) -> None:
+        self._draw_figures()
+
+    def _draw_figures(self) -> None:
+        if self._last_interval is None or self._last_interval[0] == self._figures_step:
+            return
+        step, sums = self._last_interval
+        self._figures_step = step
+        for view, s in sums.items():
+            figure = reliability_diagram_figure(s["cal_count"], s["cal_confidence"], s["cal_correct"],
+                                                f"pseudo-label calibration ({view.replace('_', ' ')}), step {step}")
+            self.context.log.figure(f"uncertainty/{view}/reliability", figure, step,
+                                    self.context.run_dir / "uncertainty" / f"reliability_{view}.png")
+
+    def on_save_checkpoint(self) -> dict:
+        return {view: {key: value.cpu() for key, value in sums.items()} for view, sums in self.sums.items()}
+
+    def on_load_checkpoint(self, state: dict) -> None:
+        self.sums = {view: dict(sums) for view, sums in state.items()}
