@@ -47,16 +47,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from debiaspl.config import load_experiment
-    from debiaspl.engine.run import CHECKPOINT_NAME, CONFIG_NAME, preflight, train_run
+    from debiaspl.engine.run import preflight, train_run
+    from debiaspl.run_folder import CONFIG_NAME, require_run_folder
 
     if args.resume is not None:
         if args.experiments:
             parser.error("give either experiment files or --resume RUN_DIR, not both")
-        args.resume = args.resume.resolve()  # `--resume .` names the folder by its real name
+        args.resume = require_run_folder(args.resume)  # resolved: `--resume .` names the folder by its real name
         saved = args.resume / CONFIG_NAME
-        if not saved.is_file() or not (args.resume / CHECKPOINT_NAME).is_file():
-            raise UserError(f"{args.resume} is not a run folder with a checkpoint (no {CONFIG_NAME} or "
-                            f"{CHECKPOINT_NAME} in it)")
         # The saved config names its own run folder; point it at the one given here.
         overrides = [f"logging.run_dir={args.resume.parent}", f"logging.run_name={args.resume.name}", *args.overrides]
         configs = [load_experiment(saved, overrides)]

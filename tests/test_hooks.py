@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from debiaspl.config import ConfigError, from_dict, load_experiment
-from debiaspl.engine.checkpoint import load_checkpoint
+from debiaspl.run_folder import load_checkpoint
 from debiaspl.engine.run import run_folder, train_run
 from debiaspl.hooks import CartographyHook, DriftHook, RunContext, StepRecord, UncertaintyHook
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from debiaspl.config import save_config
-from debiaspl.engine.checkpoint import load_checkpoint
+from debiaspl.run_folder import load_checkpoint
 from debiaspl.engine.run import run_folder, train_run
 from debiaspl.errors import UserError
 

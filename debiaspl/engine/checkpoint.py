@@ -1,43 +1,11 @@
-"""Checkpoints that survive a crash mid-write, and the random states a bit-exact resume needs."""
+"""The random states a bit-exact resume needs, as plain values a weights-only checkpoint can hold."""
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
-
-from debiaspl.errors import UserError
-
-
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path` (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load with weights_only=True (no arbitrary code from the file) onto the CPU."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"checkpoint not found: {path}") from None
-    except Exception as exc:  # torch raises many types here; its long advice is not for our users
-        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}): it is corrupt or not a "
-                        f"checkpoint; move it away to start the run afresh") from None
 
 
 def capture_rng_state() -> dict:

@@ -1,9 +1,4 @@
-"""A run folder's life: create or resume it, train, and record the results.
-
-Layout of `runs/<name>/`: config.yaml (resolved config), run_info.json (class names and counts),
-metrics.jsonl, TensorBoard event files, checkpoint.pt (latest, resumable), results.json (written
-when the run finishes).
-"""
+"""A run folder's life (layout: debiaspl.run_folder): create or resume it, train, record the results."""
 
 from __future__ import annotations
 
@@ -17,12 +12,12 @@ import torch
 from debiaspl.config import ExperimentConfig, from_dict, save_config, to_dict
 from debiaspl.data.datasets import check_source_available
 from debiaspl.data.prepare import prepare_data
-from debiaspl.engine.checkpoint import load_checkpoint
 from debiaspl.engine.run_log import RunLog
-from debiaspl.engine.trainer import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, CHECKPOINT_NAME, Trainer
+from debiaspl.engine.trainer import Trainer
 from debiaspl.errors import UserError
+from debiaspl.run_folder import (CHECKPOINT_NAME, CONFIG_NAME, RESULTS_NAME, RUN_INFO_NAME, load_run_checkpoint,
+                                 write_json)
 
-RESULTS_NAME, CONFIG_NAME = "results.json", "config.yaml"
 
 # Keys that change where and how a run reports, never its trained weights: they may differ on resume.
 RESUME_SAFE_KEYS = frozenset({
@@ -51,7 +46,7 @@ def preflight(config: ExperimentConfig) -> None:
     check_source_available(config.data.dataset, config.data.root, config.data.download)
     checkpoint_path = run_folder(config) / CHECKPOINT_NAME
     if checkpoint_path.exists():
-        check_resumable(_load_run_checkpoint(checkpoint_path)[1], config, run_folder(config))
+        check_resumable(load_run_checkpoint(checkpoint_path)[1], config, run_folder(config))
 
 
 def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
@@ -64,7 +59,7 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     checkpoint_path = run_dir / CHECKPOINT_NAME
     state = None
     if checkpoint_path.exists():
-        state, saved_config = _load_run_checkpoint(checkpoint_path)
+        state, saved_config = load_run_checkpoint(checkpoint_path)
         check_resumable(saved_config, config, run_dir)
         if (run_dir / RESULTS_NAME).exists() and state["step"] >= config.train.steps:
             print(f"{run_dir}: already finished at step {state['step']}; results in {run_dir / RESULTS_NAME}")
@@ -79,7 +74,7 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
         save_config(config, run_dir / CONFIG_NAME)
     except OSError as exc:
         raise UserError(f"cannot write the run folder {run_dir} (logging.run_dir / logging.run_name): {exc}") from None
-    _write_json(run_dir / "run_info.json", {**data.summary(), "device": str(device)})
+    write_json(run_dir / RUN_INFO_NAME, {**data.summary(), "device": str(device)})
     print(f"labeled {data.labeled_counts} ({sum(data.labeled_counts)}), unlabeled {data.unlabeled_counts} "
           f"({sum(data.unlabeled_counts)}), test {len(data.test.labels)}")
 
@@ -99,19 +94,10 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
                "class_names": data.class_names, "train_seconds_this_session": time.perf_counter() - started,
                **metrics}
     if trainer.step >= config.train.steps:
-        _write_json(run_dir / RESULTS_NAME, results)
+        write_json(run_dir / RESULTS_NAME, results)
     else:
         print(f"{run_dir}: paused at step {trainer.step} of {config.train.steps}; run again to continue")
     return results
-
-
-def _load_run_checkpoint(path: Path) -> tuple[dict, ExperimentConfig]:
-    state = load_checkpoint(path)
-    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
-    if missing or state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not a debiaspl checkpoint of format {CHECKPOINT_FORMAT} "
-                        f"(missing: {', '.join(missing) or 'none'}); move it away to start the run afresh")
-    return state, from_dict(state["config"], source=str(path))
 
 
 def _use_deterministic_kernels() -> None:
@@ -146,9 +132,3 @@ def _split_table(class_names: list[str], labeled: list[int], unlabeled: list[int
     rows = [f"| {name} | {n_lb} | {n_ulb} |" for name, n_lb, n_ulb in zip(class_names, labeled, unlabeled)]
     return "\n".join(["| class | labeled | unlabeled |", "|---|---|---|", *rows,
                       f"| **total** | {sum(labeled)} | {sum(unlabeled)} |"])
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -18,7 +18,7 @@ from debiaspl.algorithm import ALGORITHMS, uniform_class_marginal
 from debiaspl.config import ExperimentConfig, to_dict
 from debiaspl.data.loaders import to_model_input, train_loader
 from debiaspl.data.prepare import TrainingData
-from debiaspl.engine.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from debiaspl.engine.checkpoint import capture_rng_state, restore_rng_state
 from debiaspl.engine.evaluate import evaluate_model, evaluate_pseudo_labels
 from debiaspl.engine.monitor import PseudoLabelMonitor
 from debiaspl.engine.optim import build_optimizer, build_scheduler
@@ -26,11 +26,8 @@ from debiaspl.engine.run_log import RunLog
 from debiaspl.hooks import HOOKS, RunContext, StepRecord
 from debiaspl.models import build_model
 from debiaspl.models.ema import ModelEMA
+from debiaspl.run_folder import CHECKPOINT_FORMAT, CHECKPOINT_NAME, save_checkpoint
 
-CHECKPOINT_FORMAT = 1
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_KEYS = ("format", "step", "model", "ema", "optimizer", "scheduler", "class_marginal", "monitor", "hooks",
-                   "rng", "config")
 
 
 def build_step_function(config: ExperimentConfig):
