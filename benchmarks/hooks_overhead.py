@@ -22,7 +22,7 @@ import torch
 
 from debiaspl.config import HookConfig, load_experiment, replace_dotted
 from debiaspl.data.prepare import prepare_data
-from debiaspl.engine.run import resolve_device
+from debiaspl.device import resolve_device
 from debiaspl.engine.run_log import RunLog
 from debiaspl.engine.trainer import Trainer
 from debiaspl.hooks import HOOKS

@@ -1,4 +1,4 @@
-"""The `debiaspl` command: train experiments, show resolved configs and the config reference.
+"""The `debiaspl` command: train experiments; evaluate, explain and extend trained runs; show configs.
 
 User mistakes (a bad key, a missing file) print one line and exit with status 2.
 """
@@ -32,10 +32,42 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.add_argument("--reference", action="store_true", help="print every key with its default and meaning")
 
+    evaluate = verbs.add_parser("eval", help="test metrics, calibration, MC Dropout and OOD detection of a run")
+    _run_arguments(evaluate)
+    evaluate.add_argument("--mc-dropout", type=int, default=0, metavar="T",
+                          help="T stochastic passes: predictive/expected entropy, mutual information (BALD), variance")
+    evaluate.add_argument("--ood", action="append", default=[], metavar="SPEC",
+                          help="out-of-distribution test images: imagefolder:PATH, cifar10:ROOT, cifar100:ROOT or digits")
+    evaluate.add_argument("--ood-classes", default="", metavar="A,B",
+                          help="treat these classes of the test set as out-of-distribution (names or indices)")
+
+    influence = verbs.add_parser("influence", help="TracIn self-influence of each sample over the run's snapshots")
+    _run_arguments(influence)
+    influence.add_argument("--split", choices=("labeled", "unlabeled"), default="labeled",
+                           help="labeled: under the training labels; unlabeled: under the model's own predictions")
+    influence.add_argument("--layers", default="", metavar="PREFIXES",
+                           help="also the full-gradient form for parameters whose names start with these "
+                                "(comma-separated, e.g. classifier,block3)")
+    influence.add_argument("--top", type=int, default=10, help="print this many most self-influential samples")
+
+    select = verbs.add_parser("select", help="pick unlabeled images to annotate next (active learning)")
+    _run_arguments(select)
+    select.add_argument("--strategy", required=True, choices=STRATEGY_CHOICES)
+    select.add_argument("--k", type=int, required=True, help="how many images to select")
+    select.add_argument("--balance", action="store_true",
+                        help="spread the selection over predicted classes with quotas proportional to 1 / q_hat")
+    select.add_argument("--mc-dropout", type=int, default=20, metavar="T", help="passes for --strategy bald")
+    select.add_argument("--seed", type=int, default=0, help="seed of --strategy random")
+    select.add_argument("--oracle", action="store_true",
+                        help="fill the label column with the hidden true labels (for simulations)")
+    select.add_argument("--out", type=Path, help="CSV path (default: RUN/selection/STRATEGY_kK.csv)")
+
     args = parser.parse_args(argv)
     try:
         if args.verb == "train":
             return _train(args, parser)
+        if args.verb in ("eval", "influence", "select"):
+            return _offline(args)
         return _config(args, parser)
     except UserError as exc:
         print(f"debiaspl: error: {exc}", file=sys.stderr)
@@ -72,6 +104,56 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         preflight(config)
     results = [train_run(config, args.until_step) for config in configs]
     _print_summary(results)
+    return 0
+
+
+STRATEGY_CHOICES = ("least_confidence", "margin", "entropy", "bald", "random", "ambiguity", "self_influence")
+
+
+def _run_arguments(verb: argparse.ArgumentParser) -> None:
+    verb.add_argument("run", type=Path, help="a run folder (runs/NAME)")
+    verb.add_argument("--weights", choices=("ema", "model"), default="ema",
+                      help="the EMA weights (what training evaluated) or the raw model's")
+    verb.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    verb.add_argument("--data-root", help="where the run's data is now, if it moved since training")
+    verb.add_argument("--batch-size", type=int, default=256)
+
+
+def _offline(args: argparse.Namespace) -> int:
+    import json
+
+    from debiaspl.analysis.load_run import load_run
+
+    run = load_run(args.run, args.weights, args.device, args.data_root)
+    if args.verb == "eval":
+        from debiaspl.analysis.evaluate_run import evaluate_run
+
+        ood_classes = tuple(name for name in args.ood_classes.split(",") if name)
+        metrics = evaluate_run(run, mc_passes=args.mc_dropout, ood_specs=tuple(args.ood), ood_classes=ood_classes,
+                               batch_size=args.batch_size)
+        shown = {key: value for key, value in metrics.items() if not isinstance(value, (list, dict))}
+        print(json.dumps(shown, indent=2))
+        for name, report in metrics.get("ood", {}).items():
+            print(f"OOD {name}: " + "  ".join(f"{score} AUROC {m['auroc']:.3f} FPR95 {m['fpr_at_95_tpr']:.3f}"
+                                               for score, m in report.items() if isinstance(m, dict)))
+        print(f"written to {run.run_dir / 'eval'}")
+    elif args.verb == "influence":
+        from debiaspl.analysis.influence_run import output_path, self_influence
+
+        layers = tuple(name for name in args.layers.split(",") if name)
+        result = self_influence(run, split=args.split, layers=layers, batch_size=args.batch_size)
+        images = run.data.labeled if args.split == "labeled" else run.data.unlabeled
+        for index in result["last_layer"].argsort(descending=True)[:args.top].tolist():
+            print(f"{images.sample_ids[index]}  self-influence {result['last_layer'][index]:.4g}  "
+                  f"loss {result['loss'][index]:.3f}")
+        print(f"written to {output_path(run.run_dir, args.split)}")
+    else:
+        from debiaspl.analysis.select_run import select_samples
+
+        path = select_samples(run, args.strategy, args.k, balance=args.balance, mc_passes=args.mc_dropout,
+                              seed=args.seed, oracle=args.oracle, batch_size=args.batch_size, out=args.out)
+        print(f"{args.k} images written to {path}; fill in its label column, then train the next experiment "
+              f"with --set data.label_file={path}")
     return 0
 
 

@@ -48,6 +48,7 @@ class DataConfig:
     split_seed: int = option(0, "seed of the labeled/unlabeled draw (separate from train.seed so runs share a split)", ge=0)
     strong_augment: Literal["fixmatch", "usb"] = option("fixmatch", "RandAugment variant of the strong view: FixMatch's (2 ops, random magnitude, p=0.5) or USB's (3 ops)")
     num_workers: int = option(1, "background processes that load and augment batches (0: in the training process)", ge=0)
+    label_file: str = option("", "CSV with columns sample_id,label (class name or index): these train-pool images join the labeled set with these labels, e.g. newly annotated ones from `debiaspl select` (a relative path is relative to the working directory)")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class LoggingConfig:
     log_interval: int = option(50, "write training scalars every this many steps (the only host syncs)", ge=1)
     checkpoint_interval: int = option(1024, "write the resumable checkpoint every this many steps (and at the end)", ge=1)
     progress_bar: bool = option(True, "show a tqdm progress bar")
+    snapshot_interval: int = option(0, "keep the model weights every this many steps in snapshots/ for `debiaspl influence` (TracIn); 0: none", ge=0)
 
 
 @dataclass(frozen=True)

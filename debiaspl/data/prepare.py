@@ -6,7 +6,9 @@ keeps its true labels for monitoring only (the trainer never trains on them).
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ class TrainingData:
     unlabeled: ImageSet          # labels are hidden ground truth, for monitoring only
     test: ImageSet
     class_names: list[str]
-    labeled_counts: list[int]    # [C]
+    labeled_counts: list[int]    # [C] of the training labels (the long-tailed draw, plus any data.label_file)
     unlabeled_counts: list[int]  # [C]
     mean: tuple[float, ...]      # per channel, of the labeled + unlabeled images, in [0, 1] units
     std: tuple[float, ...]
@@ -58,10 +60,62 @@ def prepare_data(config: DataConfig) -> TrainingData:
         raise UserError(f"data.num_labeled_head={config.num_labeled_head} / data.num_unlabeled_head="
                         f"{config.num_unlabeled_head} ask for more images than {config.dataset} has: {exc} "
                         f"(train images per class: {available.tolist()})") from None
+    labeled_labels = None
+    if config.label_file:
+        idx_lb, idx_ulb, labeled_labels = apply_label_file(Path(config.label_file), source.train.sample_ids,
+                                                           source.class_names, idx_lb, idx_ulb, pool_labels)
     labeled, unlabeled = source.train.subset(idx_lb), source.train.subset(idx_ulb)
+    if labeled_labels is not None:
+        labeled = ImageSet(labeled.images, torch.as_tensor(labeled_labels, dtype=torch.long), labeled.sample_ids)
     mean, std = _channel_stats(torch.cat([labeled.images, unlabeled.images]))
-    return TrainingData(labeled, unlabeled, source.test, source.class_names, labeled_counts,
+    return TrainingData(labeled, unlabeled, source.test, source.class_names,
+                        np.bincount(labeled.labels.numpy(), minlength=num_classes).tolist(),
                         np.bincount(unlabeled.labels.numpy(), minlength=num_classes).tolist(), mean, std)
+
+
+def apply_label_file(path: Path, pool_ids: list[str], class_names: list[str], idx_lb: np.ndarray,
+                     idx_ulb: np.ndarray, pool_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels given by a CSV (sample_id,label) override or extend the labeled set.
+
+    A listed labeled image takes the file's label (e.g. a planted mislabel); a listed unlabeled or
+    unused pool image moves into the labeled set. Returns new labeled indices, unlabeled indices and
+    the labeled set's training labels.
+    """
+    given = read_label_file(path, class_names)
+    position = {sample_id: index for index, sample_id in enumerate(pool_ids)}
+    unknown = [sample_id for sample_id in given if sample_id not in position]
+    if unknown:
+        raise UserError(f"data.label_file {path}: {len(unknown)} sample ids are not in the train set, "
+                        f"e.g. {unknown[0]!r}")
+    chosen = {position[sample_id]: label for sample_id, label in given.items()}
+    labels = {int(index): int(pool_labels[index]) for index in idx_lb} | chosen
+    new_lb = np.array(list(labels), dtype=np.int64)
+    new_ulb = np.array([index for index in idx_ulb if int(index) not in chosen], dtype=np.int64)
+    return new_lb, new_ulb, np.array(list(labels.values()), dtype=np.int64)
+
+
+def read_label_file(path: Path, class_names: list[str]) -> dict[str, int]:
+    """sample_id -> class index from a CSV with a header naming `sample_id` and `label` columns."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise UserError(f"data.label_file = {str(path)!r}: cannot read it: {exc.strerror}") from None
+    if rows and not {"sample_id", "label"} <= set(rows[0]):
+        raise UserError(f"data.label_file {path}: needs a header with columns sample_id and label")
+    index_of = {name: index for index, name in enumerate(class_names)}
+    labels = {}
+    for line, row in enumerate(rows, start=2):
+        text = (row["label"] or "").strip()
+        if text in index_of:
+            labels[row["sample_id"]] = index_of[text]
+        elif text.isdigit() and int(text) < len(class_names):
+            labels[row["sample_id"]] = int(text)
+        else:
+            why = "no label" if not text else f"label {text!r} is neither a class name nor an index below {len(class_names)}"
+            raise UserError(f"data.label_file {path} line {line}: sample {row['sample_id']!r} has {why}; "
+                            f"fill in the label column or delete the row")
+    return labels
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -6,23 +6,9 @@ import torch
 from torch import nn
 
 from debiaspl.algorithm import debias_logits, make_pseudo_labels
+from debiaspl.analysis.inference import predict_logits
 from debiaspl.analysis.metrics import classification_metrics, per_class_accuracy
 from debiaspl.data.datasets import ImageSet
-from debiaspl.data.loaders import to_model_input
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   batch_size: int, device: torch.device) -> torch.Tensor:
-    """Logits [N, C] float32 on the CPU for uint8 images [N, C, H, W], in eval mode."""
-    was_training = model.training
-    model.eval()
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].to(device, non_blocking=True)
-        chunks.append(model(to_model_input(batch, mean, std)).float().cpu())
-    model.train(was_training)
-    return torch.cat(chunks)
 
 
 def evaluate_model(model: nn.Module, test: ImageSet, labeled_counts: list[int], mean: torch.Tensor,

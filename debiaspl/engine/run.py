@@ -12,6 +12,7 @@ import torch
 from debiaspl.config import ExperimentConfig, from_dict, save_config, to_dict
 from debiaspl.data.datasets import check_source_available
 from debiaspl.data.prepare import prepare_data
+from debiaspl.device import resolve_device
 from debiaspl.engine.run_log import RunLog
 from debiaspl.engine.trainer import Trainer
 from debiaspl.errors import UserError
@@ -29,15 +30,6 @@ RESUME_SAFE_KEYS = frozenset({
 
 def run_folder(config: ExperimentConfig) -> Path:
     return Path(config.logging.run_dir) / config.logging.run_name
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)  # the config loader has checked the spelling
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device = {name!r}, but torch sees no CUDA device here; use cpu or auto")
-    return device
 
 
 def preflight(config: ExperimentConfig) -> None:

@@ -26,7 +26,7 @@ from debiaspl.engine.run_log import RunLog
 from debiaspl.hooks import HOOKS, RunContext, StepRecord
 from debiaspl.models import build_model
 from debiaspl.models.ema import ModelEMA
-from debiaspl.run_folder import CHECKPOINT_FORMAT, CHECKPOINT_NAME, save_checkpoint
+from debiaspl.run_folder import CHECKPOINT_FORMAT, CHECKPOINT_NAME, save_checkpoint, snapshot_path
 
 
 
@@ -124,6 +124,10 @@ class Trainer:
                 progress.write(f"step {self.step}: top1 {metrics['top1']:.4f}  balanced {metrics['balanced_acc']:.4f}")
                 for hook in self.hooks:
                     hook.on_evaluation(self.step, metrics)
+            if cfg.logging.snapshot_interval and (self.step % cfg.logging.snapshot_interval == 0 or is_last):
+                # TracIn sums over these with the learning rate in force at each (Pruthi et al. 2020).
+                save_checkpoint({"step": self.step, "lr": self.scheduler.get_last_lr()[0],
+                                 "model": self.model.state_dict()}, snapshot_path(run_dir, self.step))
             if self.step % cfg.logging.checkpoint_interval == 0 or self.step == end_step:
                 if self.step == end_step:  # hooks write their final summaries into the last checkpoint's state
                     for hook in self.hooks:

@@ -18,11 +18,11 @@ from debiaspl.models.wide_resnet import WideResNet
 class Classifier(Protocol):
     """What every registered model provides (the trainer, TracIn and hooks rely on it).
 
-    forward(x [B, C, H, W]) -> logits [B, num_classes], equal to
-    classifier(forward_features(x)) whenever dropout is inactive (eval mode or dropout 0).
+    forward(x [B, C, H, W]) -> logits [B, num_classes] = classifier(dropout(forward_features(x))).
     """
 
     classifier: nn.Linear  # [D] -> [num_classes], the last layer
+    dropout: nn.Module     # nn.Dropout, or nn.Identity when the rate is 0
 
     def forward_features(self, x: Tensor) -> Tensor:
         """x [B, C, H, W] -> pooled penultimate features [B, D]."""

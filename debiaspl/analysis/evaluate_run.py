@@ -1,0 +1,140 @@
+"""`debiaspl eval`: test metrics, calibration, MC Dropout uncertainty and OOD detection of a run.
+
+Writes into `<run>/eval/`: metrics.json, predictions.csv (per test image), reliability.png, and
+with OOD data ood.json and ood_<name>.png.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from debiaspl.analysis.inference import predict_logits
+from debiaspl.analysis.load_run import LoadedRun
+from debiaspl.analysis.metrics import classification_metrics
+from debiaspl.analysis.ood import detection_metrics, ood_scores, score_histogram_figure
+from debiaspl.analysis.plots import reliability_diagram_figure, save_figure
+from debiaspl.analysis.tables import write_csv
+from debiaspl.analysis.predictive import MCDropoutAccumulator, brier_score, negative_log_likelihood
+from debiaspl.analysis.uncertainty import (calibration_update, expected_calibration_error, normalized_entropy)
+from debiaspl.data.datasets import ImageSet, load_source
+from debiaspl.errors import UserError
+from debiaspl.run_folder import write_json
+
+CALIBRATION_BINS = 15
+
+
+def evaluate_run(run: LoadedRun, *, mc_passes: int = 0, ood_specs: tuple[str, ...] = (),
+                 ood_classes: tuple[str, ...] = (), batch_size: int = 256, seed: int = 0) -> dict:
+    """Everything `debiaspl eval` reports; also written under run_dir/eval/."""
+    out = run.run_dir / "eval"
+    out.mkdir(exist_ok=True)
+    if mc_passes and run.config.model.dropout == 0:
+        raise UserError(f"--mc-dropout needs a model trained with dropout, but {run.run_dir} has model.dropout = 0; "
+                        f"train with --set model.dropout=0.3 (for example)")
+    test = run.data.test
+    in_set, out_sets = test, {}
+    if ood_classes:
+        held_out = _class_indices(ood_classes, run.data.class_names)
+        is_out = torch.isin(test.labels, torch.tensor(held_out))
+        in_set = _subset(test, ~is_out)
+        out_sets["classes_" + "_".join(run.data.class_names[c] for c in held_out)] = _subset(test, is_out)
+    for spec in ood_specs:
+        name, images = _load_ood(spec, run)
+        out_sets[name] = ImageSet(images, torch.full((len(images),), -1), [f"{name}/{i}" for i in range(len(images))])
+
+    logits = _logits(run, test.images, batch_size)
+    probs = torch.softmax(logits, dim=1)
+    metrics = classification_metrics(logits, test.labels, run.data.labeled_counts)
+    count, confidence_sum, correct_sum = (torch.zeros(CALIBRATION_BINS, dtype=torch.long),
+                                          torch.zeros(CALIBRATION_BINS, dtype=torch.float64),
+                                          torch.zeros(CALIBRATION_BINS, dtype=torch.float64))
+    confidence, predicted = probs.max(dim=1)
+    calibration_update(count, confidence_sum, correct_sum, confidence, (predicted == test.labels).double())
+    metrics.update(nll=negative_log_likelihood(logits, test.labels), brier=brier_score(probs, test.labels),
+                   ece=expected_calibration_error(count, confidence_sum, correct_sum), step=run.step,
+                   class_names=run.data.class_names)
+    save_figure(reliability_diagram_figure(count, confidence_sum, correct_sum,
+                                           f"{run.run_dir.name}: test calibration, step {run.step}"),
+                out / "reliability.png")
+    columns = {"sample_id": test.sample_ids, "label": test.labels.tolist(), "prediction": predicted.tolist(),
+               "confidence": confidence.tolist(), "normalized_entropy": normalized_entropy(probs).tolist()}
+    mc = {}
+    if mc_passes:
+        mc["test"] = mc_dropout_scores(run, test.images, mc_passes, batch_size, seed)
+        for key in ("predictive_entropy", "expected_entropy", "mutual_information", "variance"):
+            columns[key] = mc["test"][key].tolist()
+        metrics["mc_dropout"] = {"passes": mc_passes, **{f"mean_{key}": float(value.mean()) for key, value in
+                                 mc["test"].items() if value.dim() == 1 and value.is_floating_point()}}
+    write_csv(out / "predictions.csv", columns)
+    if out_sets:
+        metrics["ood"] = _ood(run, in_set, out_sets, logits if in_set is test else None, mc_passes, batch_size, seed, out)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _ood(run: LoadedRun, in_set: ImageSet, out_sets: dict[str, ImageSet], in_logits, mc_passes: int,
+         batch_size: int, seed: int, out: Path) -> dict:
+    if in_logits is None:
+        in_logits = _logits(run, in_set.images, batch_size)
+    in_mi = mc_dropout_scores(run, in_set.images, mc_passes, batch_size, seed)["mutual_information"] if mc_passes else None
+    scores_in = ood_scores(in_logits, in_mi)
+    report = {}
+    for name, images in out_sets.items():
+        out_logits = _logits(run, images.images, batch_size)
+        out_mi = (mc_dropout_scores(run, images.images, mc_passes, batch_size, seed + 1)["mutual_information"]
+                  if mc_passes else None)
+        scores_out = ood_scores(out_logits, out_mi)
+        report[name] = {"num_in": len(in_set.labels), "num_out": len(images.labels),
+                        **{score: detection_metrics(scores_in[score], scores_out[score]) for score in scores_in}}
+        save_figure(score_histogram_figure(scores_in, scores_out, f"{run.run_dir.name}: in-distribution test vs {name}"),
+                    out / f"ood_{name}.png")
+    return report
+
+
+def _logits(run: LoadedRun, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return predict_logits(run.model, images, run.mean, run.std, batch_size, run.device)
+
+
+def mc_dropout_scores(run: LoadedRun, images: torch.Tensor, passes: int, batch_size: int, seed: int) -> dict:
+    """T stochastic passes, streamed batch by batch so memory stays O(N x C)."""
+    accumulator = MCDropoutAccumulator(len(images), run.data.num_classes)
+    # Dropout masks come from the global RNG: fork it so evaluation leaves the caller's state alone.
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            for _ in range(passes):
+                logits = predict_logits(run.model, chunk, run.mean, run.std, batch_size, run.device, keep_dropout=True)
+                accumulator.add(start, torch.softmax(logits, dim=1))
+    return accumulator.result()
+
+
+def _load_ood(spec: str, run: LoadedRun) -> tuple[str, torch.Tensor]:
+    """'imagefolder:PATH', 'cifar10:ROOT', 'cifar100:ROOT' or 'digits' -> (name, test images)."""
+    kind, _, root = spec.partition(":")
+    if kind not in ("imagefolder", "cifar10", "cifar100", "digits") or (kind != "digits" and not root):
+        raise UserError(f"--ood {spec!r}: expected imagefolder:PATH, cifar10:ROOT, cifar100:ROOT or digits")
+    images = load_source(kind, root, download=False).test.images
+    if images.shape[1:] != run.data.test.images.shape[1:]:
+        raise UserError(f"--ood {spec!r}: its images are {tuple(images.shape[1:])} (channels, height, width) but the "
+                        f"run was trained on {tuple(run.data.test.images.shape[1:])}")
+    name = Path(root).name if kind == "imagefolder" else kind
+    return name or kind, images
+
+
+def _class_indices(names: tuple[str, ...], class_names: list[str]) -> list[int]:
+    indices = []
+    for name in names:
+        if name in class_names:
+            indices.append(class_names.index(name))
+        elif name.isdigit() and int(name) < len(class_names):
+            indices.append(int(name))
+        else:
+            raise UserError(f"--ood-classes: {name!r} is not a class of this run ({', '.join(class_names)})")
+    return indices
+
+
+def _subset(images: ImageSet, keep: torch.Tensor) -> ImageSet:
+    return images.subset(torch.nonzero(keep).flatten().numpy())

@@ -1,0 +1,97 @@
+"""`debiaspl influence`: TracIn self-influence (Pruthi et al. 2020) of each sample, over a run's snapshots.
+
+Self-influence sum_t lr_t * ||grad_w loss(x, y; w_t)||^2 is large for samples the model keeps
+having to fit against its own inclination: mislabeled or atypical ones. Two forms: the exact
+last-layer one from penultimate features, and the full per-sample gradient of chosen layers
+(torch.func). Both on un-augmented images with BatchNorm in eval mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from debiaspl.analysis.inference import predict_logits
+from debiaspl.analysis.influence import last_layer_self_influence
+from debiaspl.analysis.load_run import LoadedRun, load_snapshot
+from debiaspl.analysis.tables import write_csv
+from debiaspl.data.loaders import to_model_input
+from debiaspl.errors import UserError
+from debiaspl.run_folder import list_snapshots
+
+
+def self_influence(run: LoadedRun, *, split: str = "labeled", layers: tuple[str, ...] = (),
+                   batch_size: int = 256, write: bool = True) -> dict[str, torch.Tensor]:
+    """Per-sample self-influence summed over the run's snapshots.
+
+    split "labeled": the training labels; "unlabeled": the model's own prediction at each snapshot
+    (self-influence under the pseudo-label). Returns last_layer [N], full_gradient [N] when `layers`
+    names parameter prefixes, loss [N] at the last snapshot, and writes influence/<split>.csv.
+    """
+    snapshots = list_snapshots(run.run_dir)
+    if not snapshots:
+        raise UserError(f"{run.run_dir} has no snapshots/: train with --set logging.snapshot_interval=N "
+                        f"(e.g. a tenth of train.steps) to keep the weights TracIn needs")
+    images = run.data.labeled if split == "labeled" else run.data.unlabeled
+    selected = _parameter_names(run.model, layers) if layers else []
+    total = torch.zeros(len(images.labels), dtype=torch.float64)
+    full = torch.zeros(len(images.labels), dtype=torch.float64)
+    for path in snapshots:
+        step, lr, weights = load_snapshot(path)
+        run.load_weights(weights)
+        logits, features = predict_logits(run.model, images.images, run.mean, run.std, batch_size, run.device,
+                                          with_features=True)
+        probs = torch.softmax(logits, dim=1)
+        labels = images.labels if split == "labeled" else probs.argmax(dim=1)
+        total += last_layer_self_influence(probs, labels, features, lr)
+        if selected:
+            full += lr * _gradient_norms(run, images.images, labels, selected, batch_size)
+    result = {"last_layer": total, "loss": F.cross_entropy(logits, labels, reduction="none").double()}
+    if selected:
+        result["full_gradient"] = full
+    if write:
+        order = torch.argsort(total, descending=True, stable=True)
+        names = run.data.class_names
+        columns = {"rank": list(range(1, len(order) + 1)), "sample_id": [images.sample_ids[i] for i in order],
+                   "label" if split == "labeled" else "pseudo_label": [names[int(labels[i])] for i in order],
+                   **{key: value[order].tolist() for key, value in result.items()}}
+        write_csv(output_path(run.run_dir, split), columns)
+    return result
+
+
+def _parameter_names(model: torch.nn.Module, prefixes: tuple[str, ...]) -> list[str]:
+    names = [name for name, _ in model.named_parameters() if name.startswith(prefixes)]
+    if not names:
+        top = sorted({name.split(".")[0] for name, _ in model.named_parameters()})
+        raise UserError(f"--layers {','.join(prefixes)} matches no parameter; parameter names start with: "
+                        f"{', '.join(top)}")
+    return names
+
+
+def _gradient_norms(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor, names: list[str],
+                    batch_size: int) -> torch.Tensor:
+    """||d CE / d selected parameters||^2 per sample [N], with per-sample gradients from torch.func."""
+    model = run.model
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    selected = {name: params.pop(name) for name in names}
+    buffers = dict(model.named_buffers())
+
+    def loss(chosen, x, y):
+        out = functional_call(model, ({**params, **chosen}, buffers), (x.unsqueeze(0),))
+        return F.cross_entropy(out, y.unsqueeze(0))
+
+    per_sample_grad = vmap(grad(loss), in_dims=(None, 0, 0))
+    norms = []
+    for start in range(0, len(images), batch_size):
+        x = to_model_input(images[start:start + batch_size].to(run.device), run.mean, run.std)
+        y = labels[start:start + batch_size].to(run.device)
+        grads = per_sample_grad(selected, x, y)
+        norms.append(sum(g.pow(2).flatten(1).sum(1) for g in grads.values()).double().cpu())
+    return torch.cat(norms)
+
+
+def output_path(run_dir: Path, split: str) -> Path:
+    return run_dir / "influence" / f"self_influence_{split}.csv"

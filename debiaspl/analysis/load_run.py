@@ -1,0 +1,66 @@
+"""Rebuild a finished (or paused) run for offline analysis: its config, data, model weights and q_hat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from debiaspl.config import ExperimentConfig, replace_dotted
+from debiaspl.data.prepare import TrainingData, prepare_data
+from debiaspl.device import resolve_device
+from debiaspl.errors import UserError
+from debiaspl.models import build_model
+from debiaspl.run_folder import CHECKPOINT_NAME, load_checkpoint, load_run_checkpoint, require_run_folder
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: ExperimentConfig
+    data: TrainingData
+    model: nn.Module               # in eval mode, on `device`
+    class_marginal: torch.Tensor   # [C] q_hat at the checkpoint
+    step: int
+    device: torch.device
+    mean: torch.Tensor             # [C_in] normalization, on `device`
+    std: torch.Tensor
+
+    @property
+    def tau(self) -> float:
+        """DebiasPL's tau, 0 for FixMatch (its pseudo-labels are not debiased)."""
+        return self.config.algorithm.tau if self.config.algorithm.name == "debiaspl" else 0.0
+
+    def load_weights(self, state_dict: dict) -> None:
+        self.model.load_state_dict(state_dict)
+        self.model.eval()
+
+
+def load_run(run_dir: Path, weights: Literal["ema", "model"] = "ema", device: str = "auto",
+             data_root: str | None = None) -> LoadedRun:
+    """The run's checkpoint with the EMA weights (what its evaluations used) or the raw model's.
+
+    `data_root` points at the data when it moved since training.
+    """
+    run_dir = require_run_folder(Path(run_dir))
+    state, config = load_run_checkpoint(run_dir / CHECKPOINT_NAME)
+    if data_root is not None:
+        config = replace_dotted(config, "data.root", data_root)
+    resolved = resolve_device(device)
+    data = prepare_data(config.data)
+    model = build_model(config.model.name, data.num_classes, data.image_shape[0], config.model.dropout).to(resolved)
+    model.load_state_dict(state["ema" if weights == "ema" else "model"])
+    model.eval()
+    return LoadedRun(run_dir, config, data, model, state["class_marginal"].float(), int(state["step"]), resolved,
+                     torch.tensor(data.mean, device=resolved), torch.tensor(data.std, device=resolved))
+
+
+def load_snapshot(path: Path) -> tuple[int, float, dict]:
+    """(step, learning rate, model weights) of a snapshots/step_*.pt file."""
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or not {"step", "lr", "model"} <= set(state):
+        raise UserError(f"{path} is not a debiaspl snapshot (expected step, lr and model)")
+    return int(state["step"]), float(state["lr"]), state["model"]

@@ -1,0 +1,71 @@
+"""`debiaspl select`: which unlabeled images a person should label next, as a CSV for annotators.
+
+Scores the run's unlabeled set with an acquisition strategy (debiaspl.analysis.selection), takes
+the top k (optionally spread over predicted classes with quotas proportional to 1 / q_hat, so tail
+classes get their share), and writes rank, sample_id, score, predicted class and an empty `label`
+column. Filled in, the file goes back into the next experiment as `data.label_file`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from debiaspl.analysis.evaluate_run import mc_dropout_scores
+from debiaspl.analysis.inference import predict_logits
+from debiaspl.analysis.influence_run import self_influence
+from debiaspl.analysis.load_run import LoadedRun
+from debiaspl.analysis.selection import (acquisition_scores, inverse_marginal_weights, select_class_balanced,
+                                         select_top_k)
+from debiaspl.analysis.tables import write_csv
+from debiaspl.errors import UserError
+
+
+def select_samples(run: LoadedRun, strategy: str, k: int, *, balance: bool = False, mc_passes: int = 20,
+                   seed: int = 0, oracle: bool = False, batch_size: int = 256, out: Path | None = None) -> Path:
+    """Write the selection CSV and return its path. `oracle` fills `label` with the hidden truth (simulations)."""
+    pool = run.data.unlabeled
+    if not 0 < k <= len(pool.labels):
+        raise UserError(f"--k {k}: the unlabeled pool has {len(pool.labels)} images")
+    probs = torch.softmax(predict_logits(run.model, pool.images, run.mean, run.std, batch_size, run.device), dim=1)
+    inputs = {"probs": probs}
+    if strategy == "bald":
+        if run.config.model.dropout == 0:
+            raise UserError("--strategy bald needs MC Dropout: train with --set model.dropout=0.3 (for example)")
+        inputs["mutual_information"] = mc_dropout_scores(run, pool.images, mc_passes, batch_size, seed)["mutual_information"]
+    elif strategy == "ambiguity":
+        inputs["variability"] = _cartography_variability(run)
+    elif strategy == "self_influence":
+        inputs["self_influence"] = self_influence(run, split="unlabeled", batch_size=batch_size, write=False)["last_layer"]
+    elif strategy == "random":
+        inputs["generator"] = torch.Generator().manual_seed(seed)
+    scores = acquisition_scores(strategy, **inputs)
+    predicted = probs.argmax(dim=1)
+    if balance:
+        chosen = select_class_balanced(scores, predicted, inverse_marginal_weights(run.class_marginal), k)
+    else:
+        chosen = select_top_k(scores, k)
+    names = run.data.class_names
+    columns = {
+        "rank": list(range(1, len(chosen) + 1)),
+        "sample_id": [pool.sample_ids[i] for i in chosen],
+        "score": scores[chosen].double().tolist(),
+        "predicted": [names[int(predicted[i])] for i in chosen],
+        "label": [names[int(pool.labels[i])] if oracle else "" for i in chosen],
+    }
+    path = out or run.run_dir / "selection" / f"{strategy}{'_balanced' if balance else ''}_k{k}.csv"
+    write_csv(path, columns)
+    return path
+
+
+def _cartography_variability(run: LoadedRun) -> torch.Tensor:
+    """Variability of each unlabeled image from the cartography hook's td_metrics.jsonl."""
+    path = run.run_dir / "cartography" / "unlabeled" / "td_metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"--strategy ambiguity reads {path}: train with the cartography hook on "
+                        f"(hooks: [{{name: cartography}}])")
+    variability = {row["guid"]: row["variability"] for row in map(json.loads, path.read_text().splitlines())}
+    return torch.tensor([variability.get(sample_id) if variability.get(sample_id) is not None else float("nan")
+                         for sample_id in run.data.unlabeled.sample_ids], dtype=torch.float64)
