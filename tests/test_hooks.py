@@ -254,7 +254,7 @@ def test_hooks_write_tensorboard_tags_and_resume(tiny):
 
 
 def test_hook_config_errors(tmp_path):
-    bad = [("hooks:\n  - name: drfit\n", "hooks[0].name = 'drfit': must be one of drift, cartography, uncertainty (did you mean drift?)"),
+    bad = [("hooks:\n  - name: drfit\n", "hooks[0].name = 'drfit': must be one of drift, cartography, uncertainty, influence (did you mean drift?)"),
            ("hooks:\n  - name: drift\n    intervl: 3\n", "unknown key hooks[0].intervl; did you mean hooks[0].interval?"),
            ("hooks:\n  - name: drift\n  - name: drift\n", "hooks[1].name = 'drift': each hook may be listed once"),
            ("hooks:\n  - name: drift\n    interval: 0\n", "hooks[0].interval = 0: must be >= 1"),
