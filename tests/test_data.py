@@ -5,7 +5,7 @@ import torch
 from debiaspl.config import DataConfig
 from debiaspl.data.datasets import load_image_folder
 from debiaspl.data.long_tail import long_tail_counts, split_labeled_unlabeled
-from debiaspl.data.loaders import make_train_batch, stream_epochs, stream_indices, to_model_input, train_loader
+from debiaspl.data.loaders import make_train_batch, stream_epoch_segments, stream_indices, to_model_input, train_loader
 from debiaspl.data.prepare import prepare_data
 from debiaspl.errors import UserError
 
@@ -105,10 +105,13 @@ def test_stream_walks_seeded_epoch_permutations():
     assert not torch.equal(stream_indices(10, 4, 3, 1, 1), seen[12:16])
     # a batch larger than the set spans several epochs
     assert len(stream_indices(3, 8, 0, 0, 1)) == 8
-    # stream_epochs names the epoch of each position: every sample once per epoch
-    epochs = torch.cat([stream_epochs(10, 4, step) for step in range(5)])
+    # stream_epoch_segments names the epoch of each position: every sample once per epoch
+    segments = [(step, segment) for step in range(5) for segment in stream_epoch_segments(10, 4, step)]
+    assert [segment for _, segment in segments[1:4]] == [(0, 0, 4), (0, 0, 2), (1, 2, 4)]
     for epoch in range(2):
-        assert sorted(seen[epochs == epoch].tolist()) == list(range(10))
+        members = [seen[4 * step + start:4 * step + end] for step, (e, start, end) in segments if e == epoch]
+        assert sorted(torch.cat(members).tolist()) == list(range(10))
+    assert stream_epoch_segments(3, 8, 0) == [(0, 0, 3), (1, 3, 6), (2, 6, 8)]
 
 
 def test_batches_are_a_function_of_step_and_workers_keep_order():

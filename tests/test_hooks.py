@@ -10,9 +10,12 @@ from debiaspl.run_folder import load_checkpoint
 from debiaspl.engine.run import run_folder, train_run
 from debiaspl.hooks import CartographyHook, DriftHook, RunContext, StepRecord, UncertaintyHook
 
-ALL_HOOKS = [{"name": "drift", "interval": 2, "figure_interval": 4},
-             {"name": "cartography", "figure_interval": 4, "export_allenai": True},
-             {"name": "uncertainty", "interval": 2, "figure_interval": 4}]
+ALL_HOOKS = [{"name": "drift", "interval": 4, "figure_interval": 8},
+             {"name": "cartography", "figure_interval": 8, "export_allenai": True},
+             {"name": "uncertainty", "interval": 4, "figure_interval": 8},
+             {"name": "influence", "write_interval": 8}]
+# 26 steps of the tiny config cover two epochs of its labeled (96, B = 8) and unlabeled (199, 16) sets
+LONGER = {"train": {"steps": 26}, "eval": {"interval": 13}, "logging": {"checkpoint_interval": 13}}
 
 
 class RecordingLog:
@@ -73,131 +76,207 @@ def last(log, tag):
 # ---- drift: statistics on constructed inputs ---------------------------------------------------
 
 def test_drift_statistics_by_hand(tmp_path):
-    # 6 unlabeled samples, truth [0, 0, 0, 1, 1, 2]; the pseudo-labels favour class 0.
-    ctx = context(tmp_path, unlabeled=6, unlabeled_batch=6, steps=1, unlabeled_labels=[0, 0, 0, 1, 1, 2])
+    # truth [0, 0, 0, 1, 1, 2]; raw argmax [0, 0, 0, 0, 1, 0]; debiased pseudo-labels [0, 0, 1, 1, 2, 2]
+    truth = [0, 0, 0, 1, 1, 2]
+    ctx = context(tmp_path, unlabeled=6, unlabeled_batch=6, steps=1, unlabeled_labels=truth)
     hook = DriftHook(DriftHook.Options(interval=1, figure_interval=1))
     hook.on_train_start(ctx)
-    raw = [[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.5, 0.1, 0.4]]
-    # debiasing turns sample 3 into class 1 and sample 5 into class 2
-    debiased = [[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.45, 0.4, 0.15], [0.3, 0.6, 0.1], [0.2, 0.7, 0.1],
-                [0.3, 0.1, 0.6]]
-    # pseudo-labels [0, 0, 0, 1, 1, 2] masked (>= 0.5): [1, 1, 0, 1, 1, 1]
-    hook.on_step_end(record(1, [0, 1], [0, 1], torch.zeros(2, 3), list(range(6)), [0, 0, 0, 1, 1, 2], raw, debiased))
+    raw = [[.9, .05, .05], [.8, .1, .1], [.6, .3, .1], [.5, .4, .1], [.2, .7, .1], [.5, .1, .4]]
+    debiased = [[.9, .05, .05], [.8, .1, .1], [.35, .45, .2], [.3, .6, .1], [.1, .2, .7], [.3, .15, .55]]
+    # confident (>= 0.5): [1, 1, 0, 1, 1, 1]
+    hook.on_step_end(record(1, [0, 1], [0, 1], torch.zeros(2, 3), list(range(6)), truth, raw, debiased))
     log = ctx.log
-    assert last(log, "drift/kl_to_true") == pytest.approx(0.0, abs=1e-6)  # debiased labels match the truth
-    assert last(log, "drift/debias_changed") == pytest.approx(2 / 6)
-    assert last(log, "drift/imbalance_ratio") == pytest.approx(3.0)
+    # confusion (rows truth): [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    for name, expected in (("precision", [1.0, 0.5, 0.5]), ("recall", [2 / 3, 0.5, 1.0]),
+                           ("count_ratio", [2 / 3, 1.0, 2.0]), ("mask_rate", [1.0, 0.5, 1.0]),
+                           ("pseudo_share", [1 / 3, 1 / 3, 1 / 3])):
+        assert [last(log, f"drift/{name}/c{c}") for c in range(3)] == pytest.approx(expected), name
+    # KL(pseudo-label share || truth) = 1/3 log(4/3); the reverse direction would be 0.0872
+    assert last(log, "drift/kl_to_true") == pytest.approx(math.log(4 / 3) / 3, rel=1e-4)
+    assert last(log, "drift/kl_to_uniform") == pytest.approx(0.0, abs=1e-6)
+    assert last(log, "drift/debias_changed") == pytest.approx(4 / 6)
+    assert last(log, "drift/imbalance_ratio") == pytest.approx(1.0)
     assert last(log, "drift/imbalance_ratio_masked") == pytest.approx(2.0)
-    share = torch.tensor([3, 2, 1]) / 6
-    uniform = torch.full((3,), 1 / 3)
-    assert last(log, "drift/kl_to_uniform") == pytest.approx(float((share * (share / uniform).log()).sum()), rel=1e-4)
-    assert last(log, "drift/precision/c0") == pytest.approx(1.0)
-    assert last(log, "drift/recall/c1") == pytest.approx(1.0)
-    assert last(log, "drift/count_ratio/c0") == pytest.approx(1.0)
-    assert last(log, "drift/mask_rate/c0") == pytest.approx(2 / 3)
-    assert log.histograms["drift/pseudo_labels"][-1][1] == [3, 2, 1]
+    assert log.histograms["drift/pseudo_labels"][-1][1] == [2, 2, 2]
     assert log.histograms["drift/pseudo_labels_before_debiasing"][-1][1] == [5, 1, 0]
-    assert log.histograms["drift/pseudo_labels_masked"][-1][1] == [2, 2, 1]
+    assert log.histograms["drift/pseudo_labels_masked"][-1][1] == [2, 1, 2]
     assert set(log.figures) == {"drift/class_marginal_vs_true", "drift/confusion"}
     assert tmp_path / "drift" / "confusion.png" in log.pngs
 
 
+def test_drift_figures_follow_their_own_interval(tmp_path):
+    ctx = context(tmp_path, unlabeled=3, unlabeled_batch=3, steps=12)
+    hook = DriftHook(DriftHook.Options(interval=5, figure_interval=4))
+    hook.on_train_start(ctx)
+    probs = [[.8, .1, .1]] * 3
+    for step in range(1, 13):
+        hook.on_step_end(record(step, [0, 1], [0, 1], torch.zeros(2, 3), [0, 1, 2], [0, 1, 2], probs, probs))
+    hook.on_train_end(12)
+    # step 4: nothing flushed yet; step 8: the interval that ended at 5; step 12: the final flush at 12
+    assert ctx.log.figures["drift/confusion"] == [5, 12]
+
+
 # ---- uncertainty ---------------------------------------------------------------------------------
 
+def entropy_of(row):
+    return -sum(p * math.log(p) for p in row if p > 0) / math.log(len(row))
+
+
 def test_uncertainty_statistics_by_hand(tmp_path):
-    ctx = context(tmp_path, unlabeled=4, unlabeled_batch=4, steps=1, tau=0.0, unlabeled_labels=[0, 1, 2, 0])
+    ctx = context(tmp_path, unlabeled=4, unlabeled_batch=4, steps=1, tau=0.4, unlabeled_labels=[0, 1, 2, 0])
     hook = UncertaintyHook(UncertaintyHook.Options(interval=1, figure_interval=1))
     hook.on_train_start(ctx)
-    probs = [[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1]]
-    # labels [0, 0, 2, 1] vs truth [0, 1, 2, 0]: right, wrong, right, wrong
-    hook.on_step_end(record(1, [0, 1], [0, 1], torch.zeros(2, 3), [0, 1, 2, 3], [0, 1, 2, 0], probs, probs))
+    debiased = [[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1]]
+    raw = [[0.6, 0.2, 0.2], [0.5, 0.25, 0.25], [0.1, 0.3, 0.6], [0.8, 0.1, 0.1]]
+    # debiased labels [0, 0, 2, 1] vs truth [0, 1, 2, 0]: right, wrong, right, wrong
+    hook.on_step_end(record(1, [0, 1], [0, 1], torch.zeros(2, 3), [0, 1, 2, 3], [0, 1, 2, 0], raw, debiased))
     log = ctx.log
-    entropy = [-(sum(p * math.log(p) for p in row if p > 0)) / math.log(3) for row in probs]
-    assert last(log, "uncertainty/pseudo_labels/entropy_mean") == pytest.approx(sum(entropy) / 4, rel=1e-5)
-    # masked (max prob >= 0.5): samples 0, 2, 3
-    assert last(log, "uncertainty/pseudo_labels/entropy_masked") == pytest.approx(
-        (entropy[0] + entropy[2] + entropy[3]) / 3, rel=1e-5)
-    assert last(log, "uncertainty/pseudo_labels/entropy_unmasked") == pytest.approx(entropy[1], rel=1e-5)
+    after, before = [entropy_of(r) for r in debiased], [entropy_of(r) for r in raw]
+    prefix = "uncertainty/after_debiasing"
+    assert last(log, f"{prefix}/entropy_mean") == pytest.approx(sum(after) / 4, rel=1e-5)
+    assert last(log, "uncertainty/before_debiasing/entropy_mean") == pytest.approx(sum(before) / 4, rel=1e-5)
+    # the training mask (max debiased prob >= 0.5) splits both views: samples 0, 2, 3 are confident
+    assert last(log, f"{prefix}/entropy_masked") == pytest.approx((after[0] + after[2] + after[3]) / 3, rel=1e-5)
+    assert last(log, f"{prefix}/entropy_unmasked") == pytest.approx(after[1], rel=1e-5)
+    assert last(log, "uncertainty/before_debiasing/entropy_unmasked") == pytest.approx(before[1], rel=1e-5)
     # wrong ones have entropies {1.0, 0.73}, right ones {0, 0.58}: entropy separates them perfectly
-    assert last(log, "uncertainty/pseudo_labels/auroc_entropy_wrong") == pytest.approx(1.0)
-    # confidences 1.0 (right), 1/3 (wrong), 0.8 (right), 0.7 (wrong) in 15 bins, one per bin
+    assert last(log, f"{prefix}/auroc_entropy_wrong") == pytest.approx(1.0)
+    # raw labels [0, 0, 2, 0]: right, wrong, right, right; the wrong one (0.95) is the most uncertain
+    assert last(log, "uncertainty/before_debiasing/auroc_entropy_wrong") == pytest.approx(1.0)
+    # confidences 1.0 (right), 1/3 (wrong), 0.8 (right), 0.7 (wrong), one per bin of 15
     ece = (abs(1 - 1.0) + abs(0 - 1 / 3) + abs(1 - 0.8) + abs(0 - 0.7)) / 4
-    assert last(log, "uncertainty/pseudo_labels/ece") == pytest.approx(ece, rel=1e-5)
-    assert last(log, "uncertainty/pseudo_labels/entropy_by_class/c0") == pytest.approx(
-        (entropy[0] + entropy[1]) / 2, rel=1e-5)
-    assert sum(log.histograms["uncertainty/pseudo_labels/entropy_all"][-1][1]) == 4
-    assert "uncertainty/pseudo_labels/reliability" in log.figures
+    assert last(log, f"{prefix}/ece") == pytest.approx(ece, rel=1e-5)
+    assert last(log, f"{prefix}/entropy_by_class/c0") == pytest.approx((after[0] + after[1]) / 2, rel=1e-5)
+    assert sum(log.histograms[f"{prefix}/entropy_all"][-1][1]) == 4
+    assert f"{prefix}/reliability" in log.figures
 
 
-# ---- cartography: hand-computed metrics, resume -------------------------------------------------
+# ---- cartography: hand-computed metrics, epoch-crossing batches, resume, allenai export --------------
 
-def labeled_logits(probs_of_target_class_0):
-    """Logits of 2 samples whose softmax gives probability p to class 0 and the rest split evenly."""
-    rows = []
-    for p in probs_of_target_class_0:
-        rest = (1 - p) / 2
-        rows.append([math.log(p), math.log(rest), math.log(rest)])
-    return rows
+# 4 labeled samples, B = 3, 4 steps: 12 positions = 3 complete epochs, batches cross epoch boundaries.
+# TARGET[i][e]: probability of the target class for sample i in epoch e; the rest is split evenly.
+TARGET = {0: [0.9, 0.8, 0.7], 1: [0.3, 0.7, 0.6], 2: [0.7, 0.2, 0.25], 3: [0.5, 0.4, 0.2]}
+# unlabeled: 4 samples, batch 3; PSEUDO[i][e] is the pseudo-label of sample i in epoch e
+PSEUDO = {0: [0, 0, 1], 1: [1, 2, 1], 2: [2, 2, 2], 3: [0, 1, 2]}
+HIDDEN = [0, 1, 2, 0]
+
+
+def peaked(target, p):
+    row = [(1 - p) / 2] * 3
+    row[target] = p
+    return row
 
 
 def run_cartography(tmp_path, steps_before_pause=None):
-    # Labeled set of 4 (all class 0 here), B = 2: steps 1-2 are epoch 0, steps 3-4 epoch 1.
-    ctx = context(tmp_path, labeled=4, batch=2, unlabeled=6, unlabeled_batch=3, steps=4)
+    from debiaspl.data.loaders import stream_epoch_segments, stream_indices
+    ctx = context(tmp_path, labeled=4, batch=3, unlabeled=4, unlabeled_batch=3, steps=4, unlabeled_labels=HIDDEN)
     ctx = RunContext(**{**ctx.__dict__, "labeled_labels": torch.zeros(4, dtype=torch.long)})
-    hook = CartographyHook(CartographyHook.Options(figure_interval=100, export_allenai=True))
+    options = CartographyHook.Options(figure_interval=100, export_allenai=True)
+    hook = CartographyHook(options)
     hook.on_train_start(ctx)
-    target = {0: [0.9, 0.8], 1: [0.3, 0.7], 2: [0.7, 0.2], 3: [0.5, 0.4]}  # per sample: epoch 0, epoch 1
-    order = [[0, 1], [2, 3], [1, 0], [3, 2]]
-    ulb = [[0.6, 0.3, 0.1]] * 3
     for step in range(1, 5):
-        idx = order[step - 1]
-        epoch = (step - 1) // 2
-        logits = labeled_logits([target[i][epoch] for i in idx])
-        hook.on_step_end(record(step, idx, [0, 0], logits, [0, 1, 2] if step % 2 else [3, 4, 5], [0, 1, 2],
-                                ulb, ulb))
+        idx_lb = stream_indices(4, 3, step - 1, seed=0, stream=1)
+        idx_ulb = stream_indices(4, 3, step - 1, seed=0, stream=2)
+        epochs = [e for e, start, end in stream_epoch_segments(4, 3, step - 1) for _ in range(start, end)]
+        logits_lb = [[math.log(v) for v in peaked(0, TARGET[int(i)][e])] for i, e in zip(idx_lb, epochs)]
+        probs_ulb = [peaked(PSEUDO[int(i)][e], 0.6) for i, e in zip(idx_ulb, epochs)]
+        hook.on_step_end(record(step, idx_lb.tolist(), [0, 0, 0], logits_lb, idx_ulb.tolist(),
+                                [HIDDEN[int(i)] for i in idx_ulb], probs_ulb, probs_ulb))
         if step == steps_before_pause:
+            hook.on_train_end(step)  # a pause writes files (the straight run overwrites them later)
             state = hook.on_save_checkpoint()
-            hook = CartographyHook(CartographyHook.Options(figure_interval=100, export_allenai=True))
+            hook = CartographyHook(options)
             hook.on_load_checkpoint(state)
             hook.on_train_start(RunContext(**{**ctx.__dict__, "start_step": step}))
     hook.on_train_end(4)
-    return ctx, target
+    return ctx
 
 
-@pytest.mark.parametrize("pause", [None, 1, 3])
+def read_td_metrics(path):
+    return {row["guid"]: row for row in map(json.loads, path.open())}
+
+
+@pytest.mark.parametrize("pause", [None, 1, 2])
 def test_cartography_metrics_by_hand(tmp_path, pause):
-    ctx, target = run_cartography(tmp_path, pause)
-    rows = {r["guid"]: r for r in map(json.loads, (tmp_path / "cartography/labeled/td_metrics.jsonl").open())}
-    for i, (p0, p1) in target.items():
+    ctx = run_cartography(tmp_path, pause)
+    rows = read_td_metrics(tmp_path / "cartography/labeled/td_metrics.jsonl")
+    for i, probs in TARGET.items():
         row = rows[f"lb{i}"]
-        assert row["confidence"] == pytest.approx((p0 + p1) / 2, abs=1e-3)
-        assert row["variability"] == pytest.approx(abs(p0 - p1) / 2, abs=1e-3)  # population std of two values
-        # with the rest split evenly, class 0 is the argmax iff p > (1 - p) / 2, i.e. p > 1/3
-        right = [p > 1 / 3 for p in (p0, p1)]
+        mean = sum(probs) / 3
+        assert row["confidence"] == pytest.approx(mean, abs=1e-3)
+        assert row["variability"] == pytest.approx(math.sqrt(sum((p - mean) ** 2 for p in probs) / 3), abs=1e-3)
+        right = [p > 1 / 3 for p in probs]  # class 0 is the argmax iff p > (1 - p) / 2
         assert row["correctness"] == sum(right)
-        expected_forgotten = 1000 if not any(right) else int(right[0] and not right[1])
-        assert row["forgetfulness"] == expected_forgotten
+        forgotten = sum(a and not b for a, b in zip(right, right[1:]))
+        assert row["forgetfulness"] == (1000 if not any(right) else forgotten)
         assert row["threshold_closeness"] == pytest.approx(row["confidence"] * (1 - row["confidence"]), abs=1e-6)
-    # sample 2 (0.7 then 0.2) is the most variable: first in the ambiguous list
     ambiguous = (tmp_path / "cartography/labeled/ambiguous.csv").read_text().splitlines()
     assert ambiguous[0].startswith("rank,sample_id,label,confidence")
-    assert ambiguous[1].split(",")[1] == "lb2"
+    assert ambiguous[1].split(",")[1] == "lb2"  # 0.7, 0.2, 0.25: the most variable
     hard = (tmp_path / "cartography/labeled/hard_to_learn.csv").read_text().splitlines()
-    assert hard[1].split(",")[1] == "lb3"  # lowest confidence (0.45)
-    assert tmp_path / "cartography/labeled/data_map.png" in ctx.log.pngs
-    # allenai export: one file per completed epoch, read back with allenai's own reading of it
-    for epoch in (0, 1):
-        lines = [json.loads(line) for line in
-                 (tmp_path / f"cartography/labeled/training_dynamics/dynamics_epoch_{epoch}.jsonl").open()]
-        assert [line["guid"] for line in lines] == ["lb0", "lb1", "lb2", "lb3"]
-        for line in lines:
-            probs = torch.softmax(torch.tensor(line[f"logits_epoch_{epoch}"]), 0)
-            assert float(probs[line["gold"]]) == pytest.approx(target[int(line["guid"][2:])][epoch], abs=1e-5)
-    # unlabeled: pseudo-label 0 every epoch for every sample; truth [0, 1, 2, 0, 1, 2]
-    rows = {r["guid"]: r for r in map(json.loads, (tmp_path / "cartography/unlabeled/td_metrics.jsonl").open())}
-    assert rows["ulb0"]["confidence"] == pytest.approx(0.6, abs=1e-3)
-    assert rows["ulb0"]["correctness"] == 2 and rows["ulb1"]["correctness"] == 0
-    assert (tmp_path / "cartography/unlabeled_before_debiasing/td_metrics.jsonl").is_file()
+    assert hard[1].split(",")[1] == "lb3"  # lowest confidence
+    # unlabeled: the pseudo-label is the target (probability 0.6 every epoch); right = equals the hidden label
+    rows = read_td_metrics(tmp_path / "cartography/unlabeled/td_metrics.jsonl")
+    for i, labels in PSEUDO.items():
+        assert rows[f"ulb{i}"]["confidence"] == pytest.approx(0.6, abs=1e-3)
+        assert rows[f"ulb{i}"]["correctness"] == sum(label == HIDDEN[i] for label in labels)
+    changes = {line.split(",")[1]: int(line.split(",")[-1])
+               for line in (tmp_path / "cartography/unlabeled/ambiguous.csv").read_text().splitlines()[1:]}
+    assert changes == {f"ulb{i}": sum(a != b for a, b in zip(labels, labels[1:])) for i, labels in PSEUDO.items()}
+
+
+def read_like_allenai(folder):
+    """allenai/cartography's reader: gold from the first epoch file, logits appended epoch by epoch."""
+    dynamics = {}
+    for epoch in range(len(list(folder.glob("dynamics_epoch_*.jsonl")))):
+        for line in (folder / f"dynamics_epoch_{epoch}.jsonl").open():
+            record_ = json.loads(line)
+            entry = dynamics.setdefault(record_["guid"], {"gold": record_["gold"], "logits": []})
+            entry["logits"].append(record_[f"logits_epoch_{epoch}"])
+    return dynamics
+
+
+@pytest.mark.parametrize("pause", [None, 2])
+def test_allenai_export_reads_back(tmp_path, pause):
+    run_cartography(tmp_path, pause)
+    labeled = read_like_allenai(tmp_path / "cartography/allenai/labeled/training_dynamics")
+    ours = read_td_metrics(tmp_path / "cartography/labeled/td_metrics.jsonl")
+    assert sorted(labeled) == ["lb0", "lb1", "lb2", "lb3"]
+    for guid, entry in labeled.items():
+        assert len(entry["logits"]) == 3
+        probs = [float(torch.softmax(torch.tensor(l), 0)[entry["gold"]]) for l in entry["logits"]]
+        assert probs == pytest.approx(TARGET[int(guid[2:])], abs=1e-5)
+        assert sum(probs) / 3 == pytest.approx(ours[guid]["confidence"], abs=1e-3)
+        assert sum(int(torch.tensor(l).argmax()) == entry["gold"] for l in entry["logits"]) == ours[guid]["correctness"]
+    unlabeled = read_like_allenai(tmp_path / "cartography/allenai/unlabeled/training_dynamics")
+    assert {guid: entry["gold"] for guid, entry in unlabeled.items()} == {f"ulb{i}": HIDDEN[i] for i in range(4)}
+    for guid, entry in unlabeled.items():
+        assert [int(torch.tensor(l).argmax()) for l in entry["logits"]] == PSEUDO[int(guid[3:])]
+
+
+def test_hooks_do_not_read_the_device_every_step(tmp_path):
+    """On the meta device any read of a value (.item(), .tolist(), .cpu(), boolean masks) raises."""
+    meta = torch.device("meta")
+    ctx = context(tmp_path, labeled=4, batch=2, unlabeled=6, unlabeled_batch=3, steps=100)
+    ctx = RunContext(**{**ctx.__dict__, "device": meta, "labeled_labels": ctx.labeled_labels.to(meta),
+                        "unlabeled_labels": ctx.unlabeled_labels.to(meta)})
+    hooks = [DriftHook(DriftHook.Options(interval=50, figure_interval=50)),
+             CartographyHook(CartographyHook.Options(figure_interval=50, export_allenai=False)),
+             UncertaintyHook(UncertaintyHook.Options(interval=50, figure_interval=50))]
+    from debiaspl.hooks.influence import InfluenceHook
+    hooks.append(InfluenceHook(InfluenceHook.Options(every=1, write_interval=50)))
+    for hook in hooks:
+        hook.on_train_start(ctx)
+    zeros = lambda *shape, dtype=torch.float32: torch.zeros(*shape, dtype=dtype, device=meta)  # noqa: E731
+    for step in range(1, 4):
+        rec = StepRecord(
+            step=step, idx_lb=zeros(2, dtype=torch.long), y_lb=zeros(2, dtype=torch.long), logits_lb=zeros(2, 3),
+            idx_ulb=zeros(3, dtype=torch.long), y_ulb=zeros(3, dtype=torch.long), logits_weak=zeros(3, 3),
+            probs_weak=zeros(3, 3), probs_pseudo=zeros(3, 3), pseudo_labels=zeros(3, dtype=torch.long),
+            mask=zeros(3), class_marginal_before=zeros(3), class_marginal=zeros(3), loss=zeros(()),
+            loss_sup=zeros(()), loss_unsup=zeros(()), lr=0.03, features_lb=zeros(2, 5), features_weak=zeros(3, 5))
+        for hook in hooks:
+            hook.on_step_end(rec)
 
 
 # ---- with the trainer ------------------------------------------------------------------------------
@@ -221,10 +300,12 @@ def _raw(config):
 
 def test_hooks_write_tensorboard_tags_and_resume(tiny):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    straight = from_dict({**_raw(tiny(logging={"run_name": "straight"})), "hooks": ALL_HOOKS})
-    paused = from_dict({**_raw(tiny(logging={"run_name": "paused"})), "hooks": ALL_HOOKS})
+    straight = from_dict({**_raw(tiny(**{**LONGER, "logging": {**LONGER["logging"], "run_name": "straight"}})),
+                          "hooks": ALL_HOOKS})
+    paused = from_dict({**_raw(tiny(**{**LONGER, "logging": {**LONGER["logging"], "run_name": "paused"}})),
+                        "hooks": ALL_HOOKS})
     train_run(straight)
-    train_run(paused, until_step=3)
+    train_run(paused, until_step=11)
     train_run(paused)
     run_dir = run_folder(straight)
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "histograms": 0}).Reload()
@@ -242,15 +323,15 @@ def test_hooks_write_tensorboard_tags_and_resume(tiny):
                 "uncertainty/after_debiasing/reliability"):
         assert tag in tags["images"], tag
     # the resumed run continues the hooks' curves and files exactly
+    assert (run_dir / "influence/self_influence_online.csv").read_text() == \
+        (run_folder(paused) / "influence/self_influence_online.csv").read_text()
     for name in ("labeled", "unlabeled"):
         assert (run_dir / f"cartography/{name}/td_metrics.jsonl").read_text() == \
             (run_folder(paused) / f"cartography/{name}/td_metrics.jsonl").read_text()
-    # (the paused run also wrote cartography summaries when it paused: leave those lines out)
     def lines(config):
         rows = [json.loads(line) for line in (run_folder(config) / "metrics.jsonl").open()]
-        return [{k: v for k, v in row.items() if k != "train/steps_per_second"} for row in rows
-                if not any(key.startswith("cartography/") for key in row)]
-    assert lines(straight) == lines(paused)
+        return [{k: v for k, v in row.items() if k != "train/steps_per_second"} for row in rows]
+    assert lines(straight) == lines(paused)  # a pause adds no points
 
 
 def test_hook_config_errors(tmp_path):

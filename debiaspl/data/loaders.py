@@ -35,13 +35,21 @@ def stream_indices(set_size: int, batch_size: int, step: int, seed: int, stream:
     return torch.cat(perms)[offset:offset + batch_size]
 
 
-def stream_epochs(set_size: int, batch_size: int, step: int) -> torch.Tensor:
-    """Epoch [batch_size] of each position of `step`'s batch in a stream_indices stream.
+def stream_epoch_segments(set_size: int, batch_size: int, step: int) -> list[tuple[int, int, int]]:
+    """(epoch, start, end): the runs of `step`'s batch positions [start, end) lying in one epoch, in order.
 
-    Each epoch is one permutation of the set, so a sample appears exactly once per epoch; this is
-    what per-epoch training dynamics (dataset cartography) rely on.
+    Each epoch is one permutation of the set, so within a run every sample appears at most once; a
+    batch that crosses an epoch boundary can hold a sample twice, once in each run. Per-epoch
+    training dynamics (dataset cartography) rely on this. Host arithmetic only.
     """
-    return (step * batch_size + torch.arange(batch_size)) // set_size
+    segments, first = [], step * batch_size
+    position = 0
+    while position < batch_size:
+        epoch = (first + position) // set_size
+        end = min(batch_size, (epoch + 1) * set_size - first)
+        segments.append((epoch, position, end))
+        position = end
+    return segments
 
 
 def make_train_batch(labeled: ImageSet, unlabeled: ImageSet, step: int, *, batch_size: int,

@@ -154,8 +154,8 @@ class Trainer:
         cfg, data = self.config, self.data
         return RunContext(
             run_dir=run_dir, log=log, class_names=data.class_names, labeled_ids=data.labeled.sample_ids,
-            unlabeled_ids=data.unlabeled.sample_ids, labeled_labels=data.labeled.labels.to(self.device),
-            unlabeled_labels=data.unlabeled.labels.to(self.device), labeled_counts=data.labeled_counts,
+            unlabeled_ids=data.unlabeled.sample_ids, labeled_labels=data.labeled.labels.to(self.device, copy=True),
+            unlabeled_labels=data.unlabeled.labels.to(self.device, copy=True), labeled_counts=data.labeled_counts,
             unlabeled_counts=data.unlabeled_counts, batch_size=cfg.train.batch_size,
             unlabeled_batch_size=cfg.train.batch_size * cfg.train.unlabeled_ratio, total_steps=cfg.train.steps,
             start_step=self.step, algorithm=cfg.algorithm.name,
@@ -172,7 +172,8 @@ class Trainer:
             step=self.step, idx_lb=batch["idx_lb"], y_lb=batch["y_lb"], logits_lb=logits_lb.detach().float(),
             idx_ulb=batch["idx_ulb"], y_ulb=batch["y_ulb"], logits_weak=logits_weak.detach().float(),
             probs_weak=result.probs_weak, probs_pseudo=result.probs_pseudo, pseudo_labels=result.pseudo_labels,
-            mask=result.mask, class_marginal_before=marginal_before, class_marginal=result.class_marginal,
+            # a copy: result.class_marginal is the trainer's live q_hat
+            mask=result.mask, class_marginal_before=marginal_before, class_marginal=result.class_marginal.clone(),
             loss=result.loss.detach(), loss_sup=result.loss_sup.detach(), loss_unsup=result.loss_unsup.detach(),
             lr=lr, features_lb=features_lb, features_weak=features_weak)
 

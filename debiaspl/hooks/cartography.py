@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from debiaspl.analysis.cartography import region_of, td_metrics_records, top_k, training_dynamics_metrics
-from debiaspl.analysis.plots import data_map_figure
+from debiaspl.analysis.plots import data_map_figure, save_figure
 from debiaspl.config import option
-from debiaspl.data.loaders import stream_epochs
+from debiaspl.data.loaders import stream_epoch_segments
 from debiaspl.hooks.base import Hook, RunContext, StepRecord
 
 
@@ -50,17 +50,29 @@ class _Map:
 
     def record(self, step: int, idx: torch.Tensor, probs: torch.Tensor, target: torch.Tensor,
                correct: torch.Tensor) -> None:
-        """One batch (step counted from 1); scattered in place, no host sync."""
-        epochs = stream_epochs(len(self.ids), self.batch_size, step - 1).to(idx.device, non_blocking=True)
-        self.target_prob[idx, epochs] = probs.gather(1, target[:, None]).squeeze(1).half()
-        self.correct[idx, epochs] = correct.to(torch.int8)
-        if self.changes is not None:
-            previous = self.last_label[idx]
-            self.changes[idx] += ((previous >= 0) & (previous != target)).int()
-            self.last_label[idx] = target
+        """One batch (step counted from 1); scattered in place, no host sync.
+
+        Written per epoch segment: within one, indices are unique, so the in-place updates of the
+        change counter see every occurrence (a batch crossing an epoch boundary can hold a sample twice).
+        """
+        target_prob = probs.gather(1, target[:, None]).squeeze(1).half()
+        correct = correct.to(torch.int8)
+        for epoch, start, end in stream_epoch_segments(len(self.ids), self.batch_size, step - 1):
+            rows = idx[start:end]
+            self.target_prob[rows, epoch] = target_prob[start:end]
+            self.correct[rows, epoch] = correct[start:end]
+            if self.changes is not None:
+                previous, current = self.last_label[rows], target[start:end]
+                self.changes[rows] += ((previous >= 0) & (previous != current)).int()
+                self.last_label[rows] = current
 
     def epochs_seen(self, step: int) -> int:
+        """Epochs with at least one sample recorded (the last may be partial): what a checkpoint keeps."""
         return (step * self.batch_size - 1) // len(self.ids) + 1 if step else 0
+
+    def epochs_complete(self, step: int) -> int:
+        """Epochs every sample has been seen in: what the maps and metrics use."""
+        return step * self.batch_size // len(self.ids)
 
     def state(self, step: int) -> dict:
         seen = self.epochs_seen(step)  # only the columns filled so far: checkpoints grow with the run
@@ -81,8 +93,11 @@ class _Map:
 class _AllenaiExport:
     """allenai/cartography's training_dynamics/dynamics_epoch_N.jsonl, one file per completed epoch.
 
-    Keeps the current epoch's logits [N, C]; a file is written (one host sync) when an epoch ends.
-    gold is the given label for the labeled set and the hidden true label for the unlabeled set.
+    Keeps the current epoch's logits [N, C]; a file is written when an epoch ends: one host sync per
+    epoch. gold is the given label for the labeled set and the hidden true label for the unlabeled set
+    (the weak view's raw logits), so for the unlabeled set allenai's tools map how the model learns
+    the *truth*, not our pseudo-label map. Written under cartography/allenai/<set>/, apart from our
+    own td_metrics.jsonl, which allenai's filtering script would otherwise overwrite.
     """
 
     def __init__(self, folder: Path, ids: list[str], gold: torch.Tensor, batch_size: int, num_classes: int,
@@ -91,15 +106,11 @@ class _AllenaiExport:
         self.logits = torch.zeros(len(ids), num_classes, device=device)
 
     def record(self, step: int, idx: torch.Tensor, logits: torch.Tensor) -> None:
-        size, start = len(self.ids), (step - 1) * self.batch_size
-        position = 0
-        while position < self.batch_size:  # a batch may end one epoch and start the next
-            epoch = (start + position) // size
-            end = min(self.batch_size, (epoch + 1) * size - start)
-            self.logits[idx[position:end]] = logits[position:end]
-            if (start + end) % size == 0:
+        size = len(self.ids)
+        for epoch, start, end in stream_epoch_segments(size, self.batch_size, step - 1):
+            self.logits[idx[start:end]] = logits[start:end]
+            if ((step - 1) * self.batch_size + end) % size == 0:  # this segment completed its epoch
                 self._write(epoch)
-            position = end
 
     def _write(self, epoch: int) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -148,7 +159,7 @@ class CartographyHook(Hook):
                                            ("unlabeled", context.unlabeled_ids, context.unlabeled_labels,
                                             context.unlabeled_batch_size)):
                 if name in self.maps:
-                    self.exports[name] = _AllenaiExport(folder / name / "training_dynamics", ids, gold, batch,
+                    self.exports[name] = _AllenaiExport(folder / "allenai" / name / "training_dynamics", ids, gold, batch,
                                                         context.num_classes, context.device)
         if self._pending_state is not None:
             for name, state in self._pending_state["maps"].items():
@@ -180,22 +191,32 @@ class CartographyHook(Hook):
             self.write_outputs(record.step)
 
     def on_train_end(self, step: int) -> None:
-        self.write_outputs(step)
+        # A pause writes the files but adds no TensorBoard points an uninterrupted run would not have.
+        self.write_outputs(step, to_tensorboard=step == self.context.total_steps)
 
-    def write_outputs(self, step: int) -> None:
-        """Data maps (TensorBoard + PNG), td_metrics.jsonl, top-k CSVs and region shares of every map."""
-        if step == self._written_step or step == 0:
+    def write_outputs(self, step: int, to_tensorboard: bool = True) -> None:
+        """Data maps (PNG, and TensorBoard), td_metrics.jsonl, top-k CSVs and region shares of every map.
+
+        Over complete epochs only, so every sample has the same number of observations.
+        """
+        if step == self._written_step:
             return
         self._written_step = step
         log, scalars = self.context.log, {}
         for name, dynamics in self.maps.items():
-            seen = dynamics.epochs_seen(step)
-            metrics = training_dynamics_metrics(dynamics.target_prob[:, :seen].float().cpu(),
-                                                dynamics.correct[:, :seen].cpu())
+            complete = dynamics.epochs_complete(step)
+            if complete == 0:
+                continue
+            # to the host first: the float copy of an N x E map can be large
+            metrics = training_dynamics_metrics(dynamics.target_prob[:, :complete].cpu().float(),
+                                                dynamics.correct[:, :complete].cpu())
             folder = self.context.run_dir / "cartography" / name
             figure = data_map_figure(metrics["confidence"], metrics["variability"], metrics["correctness"],
-                                     f"{name} data map, {seen} epochs (step {step})")
-            log.figure(f"cartography/{name}/data_map", figure, step, folder / "data_map.png")
+                                     f"{name} data map, {complete} epochs (step {step})")
+            if to_tensorboard:
+                log.figure(f"cartography/{name}/data_map", figure, step, folder / "data_map.png")
+            else:
+                save_figure(figure, folder / "data_map.png")
             records = td_metrics_records(dynamics.ids, metrics)
             _write_text(folder / "td_metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
             changes = dynamics.changes.cpu() if dynamics.changes is not None else None
@@ -209,7 +230,8 @@ class CartographyHook(Hook):
                 scalars[f"cartography/{name}/share_{region.replace('-', '_')}"] = share
             if changes is not None:
                 scalars[f"cartography/{name}/pseudo_label_changes_mean"] = float(changes.float().mean())
-        log.scalars(step, scalars)
+        if to_tensorboard and scalars:
+            log.scalars(step, scalars)
 
     def _csv(self, dynamics: _Map, metrics: dict, order, changes: torch.Tensor | None) -> str:
         is_unlabeled = dynamics.changes is not None

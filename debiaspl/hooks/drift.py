@@ -67,9 +67,12 @@ class DriftHook(Hook):
         sums["changed"] += (raw_labels != record.pseudo_labels).sum()
         if record.step % self.options.interval == 0 or record.step == self.context.total_steps:
             self._flush(record)
+        if record.step % self.options.figure_interval == 0:
+            self._draw_figures()  # of the last flushed interval
 
     def on_train_end(self, step: int) -> None:
-        self._draw_figures()
+        if step == self.context.total_steps:  # a pause adds no figure an uninterrupted run would not have
+            self._draw_figures()
 
     def _flush(self, record: StepRecord) -> None:
         """Log the interval's statistics; the host sync of the interval happens here."""
@@ -105,8 +108,6 @@ class DriftHook(Hook):
         log.histogram("drift/pseudo_labels_masked", sums["masked"].tolist(), edges, step)
         log.histogram("drift/pseudo_labels_before_debiasing", sums["raw"].tolist(), edges, step)
         self._last_interval = (step, marginal, confusion)
-        if step % self.options.figure_interval == 0:
-            self._draw_figures()
 
     def _draw_figures(self) -> None:
         """Figures of the last logged interval (once per interval), as TensorBoard images and PNGs."""
@@ -124,7 +125,9 @@ class DriftHook(Hook):
         context.log.figure("drift/confusion", figure, step, folder / "confusion.png")
 
     def on_save_checkpoint(self) -> dict:
-        return {key: value.cpu() for key, value in self.sums.items()}
+        return {"sums": {key: value.cpu() for key, value in self.sums.items()}, "last_interval": self._last_interval,
+                "figures_step": self._figures_step}
 
     def on_load_checkpoint(self, state: dict) -> None:
-        self.sums = dict(state)
+        self.sums = dict(state["sums"])
+        self._last_interval, self._figures_step = state["last_interval"], state["figures_step"]

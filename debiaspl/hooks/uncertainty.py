@@ -19,7 +19,9 @@ from debiaspl.analysis.uncertainty import (auroc_from_histograms, calibration_up
 from debiaspl.config import option
 from debiaspl.hooks.base import Hook, RunContext, StepRecord
 
-_AUROC_BINS = 1000  # fine bins: the binned AUROC differs from the exact one only through ties within a bin
+# The AUROC bins log10(entropy) over [-12, 0]: late in training most entropies are tiny, and linear
+# bins would lump them into one bin of ties. It differs from the exact AUROC only by ties within a bin.
+_AUROC_BINS, _LOG_ENTROPY_FLOOR = 1000, -12.0
 
 
 @dataclass(frozen=True)
@@ -69,17 +71,20 @@ class UncertaintyHook(Hook):
             self._accumulate(self.sums[view], probs, record)
         if record.step % self.options.interval == 0 or record.step == self.context.total_steps:
             self._flush(record.step)
+        if record.step % self.options.figure_interval == 0:
+            self._draw_figures()  # of the last flushed interval
 
     def _accumulate(self, sums: dict[str, torch.Tensor], probs: torch.Tensor, record: StepRecord) -> None:
         entropy = normalized_entropy(probs)
         confidence, labels = probs.max(dim=1)
         correct = labels == record.y_ulb
-        masked = record.mask.bool()
+        masked = record.mask.bool()  # the training mask (from the debiased view) for both views
         histogram_update(sums["all"], entropy)
         histogram_update(sums["masked"], entropy, where=masked)
         histogram_update(sums["unmasked"], entropy, where=~masked)
-        histogram_update(sums["right"], entropy, where=correct)
-        histogram_update(sums["wrong"], entropy, where=~correct)
+        log_entropy = entropy.clamp_min(10 ** _LOG_ENTROPY_FLOOR).log10()
+        histogram_update(sums["right"], log_entropy, _LOG_ENTROPY_FLOOR, 0.0, where=correct)
+        histogram_update(sums["wrong"], log_entropy, _LOG_ENTROPY_FLOOR, 0.0, where=~correct)
         sums["class_sum"].index_add_(0, labels, entropy.double())
         sums["class_count"].index_add_(0, labels, torch.ones_like(labels))
         sums["masked_sum"].index_add_(0, masked.long(), entropy.double())
@@ -110,11 +115,10 @@ class UncertaintyHook(Hook):
                 log.histogram(f"{prefix}/entropy_{part}", s[part].tolist(), edges, step)
         log.scalars(step, scalars)
         self._last_interval = (step, sums)
-        if step % self.options.figure_interval == 0:
-            self._draw_figures()
 
     def on_train_end(self, step: int) -> None:
-        self._draw_figures()
+        if step == self.context.total_steps:  # a pause adds no figure an uninterrupted run would not have
+            self._draw_figures()
 
     def _draw_figures(self) -> None:
         if self._last_interval is None or self._last_interval[0] == self._figures_step:
@@ -128,7 +132,9 @@ class UncertaintyHook(Hook):
                                     self.context.run_dir / "uncertainty" / f"reliability_{view}.png")
 
     def on_save_checkpoint(self) -> dict:
-        return {view: {key: value.cpu() for key, value in sums.items()} for view, sums in self.sums.items()}
+        return {"sums": {view: {key: value.cpu() for key, value in sums.items()} for view, sums in self.sums.items()},
+                "last_interval": self._last_interval, "figures_step": self._figures_step}
 
     def on_load_checkpoint(self, state: dict) -> None:
-        self.sums = {view: dict(sums) for view, sums in state.items()}
+        self.sums = {view: dict(sums) for view, sums in state["sums"].items()}
+        self._last_interval, self._figures_step = state["last_interval"], state["figures_step"]
