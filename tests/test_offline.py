@@ -1,0 +1,148 @@
+"""The offline verbs over a trained run folder: eval, influence, select, and data.label_file."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from debiaspl.analysis.influence_run import self_influence
+from debiaspl.analysis.load_run import load_run
+from debiaspl.config import DataConfig
+from debiaspl.data.prepare import prepare_data
+from debiaspl.engine.run import run_folder, train_run
+from debiaspl.errors import UserError
+
+DIGITS = {"dataset": "digits", "num_labeled_head": 20, "labeled_imbalance": 5, "num_unlabeled_head": 40,
+          "unlabeled_imbalance": 5}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run with dropout, snapshots and the cartography hook, shared by the tests below."""
+    from conftest import tiny_config
+    from debiaspl.config import from_dict, to_dict
+    base = tiny_config(tmp_path_factory.mktemp("runs"), model={"name": "small_cnn", "dropout": 0.3},
+                       train={"steps": 26}, logging={"snapshot_interval": 13, "run_name": "trained"})
+    # 26 steps: two complete epochs of the unlabeled set (199 images, 16 a step) for the cartography map
+    config = from_dict({**to_dict(base), "hooks": [{"name": "cartography", "figure_interval": 26}]})
+    train_run(config)
+    return run_folder(config)
+
+
+def debiaspl(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "debiaspl", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_eval_writes_metrics_uncertainty_and_ood(trained):
+    proc = debiaspl("eval", trained, "--mc-dropout", 3, "--ood-classes", "8,9", "--ood", "digits")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((trained / "eval/metrics.json").read_text())
+    for key in ("top1", "balanced_acc", "acc_few", "nll", "brier", "ece", "class_acc"):
+        assert key in metrics, key
+    assert metrics["mc_dropout"]["passes"] == 3 and metrics["mc_dropout"]["mean_mutual_information"] >= 0
+    ood = metrics["ood"]
+    assert set(ood) == {"classes_8_9", "digits"}
+    for score in ("msp", "max_logit", "energy", "entropy", "mutual_information"):
+        assert 0 <= ood["classes_8_9"][score]["auroc"] <= 1
+        assert 0 <= ood["classes_8_9"][score]["fpr_at_95_tpr"] <= 1
+    rows = read_csv(trained / "eval/predictions.csv")
+    assert len(rows) == 539 and {"sample_id", "confidence", "mutual_information", "variance"} <= set(rows[0])
+    assert (trained / "eval/reliability.png").is_file() and (trained / "eval/ood_classes_8_9.png").is_file()
+
+
+def test_influence_last_layer_equals_full_gradient_of_the_classifier(trained):
+    run = load_run(trained, device="cpu")
+    result = self_influence(run, layers=("classifier",))
+    # the full per-sample gradient of the last layer (weight and bias) is what the closed form computes
+    assert torch.allclose(result["full_gradient"], result["last_layer"], rtol=1e-4)
+    assert (result["last_layer"] > 0).all()
+    rows = read_csv(trained / "influence/self_influence_labeled.csv")
+    assert len(rows) == len(run.data.labeled.labels)
+    assert float(rows[0]["last_layer"]) >= float(rows[-1]["last_layer"])
+    proc = debiaspl("influence", trained, "--layers", "blocks.2", "--top", 3)
+    assert proc.returncode == 0, proc.stderr
+    assert "full_gradient" in read_csv(trained / "influence/self_influence_labeled.csv")[0]
+    bad = debiaspl("influence", trained, "--layers", "nothing_here")
+    assert bad.returncode == 2 and "matches no parameter" in bad.stderr
+
+
+@pytest.mark.parametrize("strategy", ["least_confidence", "margin", "entropy", "bald", "random", "ambiguity",
+                                      "self_influence"])
+def test_select_every_strategy(trained, strategy):
+    from debiaspl.analysis.select_run import select_samples
+    out = trained / "selection" / f"test_{strategy}.csv"
+    select_samples(load_run(trained, device="cpu"), strategy, 7, oracle=True, mc_passes=3, out=out)
+    rows = read_csv(out)
+    run_info = json.loads((trained / "run_info.json").read_text())
+    assert len(rows) == 7 and len({row["sample_id"] for row in rows}) == 7
+    assert all(row["label"] in run_info["class_names"] for row in rows)
+    if strategy not in ("random",):
+        scores = [float(row["score"]) for row in rows]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_balanced_selection_spreads_over_classes(trained):
+    out = trained / "selection" / "balanced.csv"
+    assert debiaspl("select", trained, "--strategy", "entropy", "--k", 20, "--balance", "--out", out).returncode == 0
+    predicted = [row["predicted"] for row in read_csv(out)]
+    assert len(predicted) == 20 and all(row["label"] == "" for row in read_csv(out))
+
+
+def test_selection_goes_back_into_the_next_experiment(trained, tmp_path):
+    out = tmp_path / "picked.csv"
+    assert debiaspl("select", trained, "--strategy", "least_confidence", "--k", 5, "--oracle", "--out", out).returncode == 0
+    picked = {row["sample_id"]: row["label"] for row in read_csv(out)}
+    before = prepare_data(DataConfig(**DIGITS))
+    after = prepare_data(DataConfig(**DIGITS, label_file=str(out)))
+    assert len(after.labeled.labels) == len(before.labeled.labels) + 5
+    assert len(after.unlabeled.labels) == len(before.unlabeled.labels) - 5
+    assert set(picked) <= set(after.labeled.sample_ids) and not set(picked) & set(after.unlabeled.sample_ids)
+    for sample_id, label in picked.items():
+        assert after.class_names[int(after.labeled.labels[after.labeled.sample_ids.index(sample_id)])] == label
+    assert sum(after.labeled_counts) == len(after.labeled.labels)
+
+
+def test_label_file_flips_a_labeled_sample_and_reports_mistakes(tmp_path):
+    data = prepare_data(DataConfig(**DIGITS))
+    victim = data.labeled.sample_ids[0]
+    path = tmp_path / "flips.csv"
+    path.write_text(f"sample_id,label\n{victim},7\n")
+    flipped = prepare_data(DataConfig(**DIGITS, label_file=str(path)))
+    assert int(flipped.labeled.labels[flipped.labeled.sample_ids.index(victim)]) == 7
+    assert len(flipped.labeled.labels) == len(data.labeled.labels)
+    for text, message in (("sample_id,label\nnope/1,3\n", "not in the train set, e.g. 'nope/1'"),
+                          (f"sample_id,label\n{victim},\n", "line 2: sample .* has no label"),
+                          (f"sample_id,label\n{victim},cat\n", "label 'cat' is neither a class name nor an index"),
+                          ("id,class\nx,1\n", "needs a header with columns sample_id and label")):
+        path.write_text(text)
+        with pytest.raises(UserError, match=message):
+            prepare_data(DataConfig(**DIGITS, label_file=str(path)))
+    with pytest.raises(UserError, match="cannot read it"):
+        prepare_data(DataConfig(**DIGITS, label_file=str(tmp_path / "missing.csv")))
+
+
+def test_offline_mistakes_are_one_line_errors(trained, tmp_path):
+    from conftest import tiny_config
+    plain = tiny_config(tmp_path / "runs", train={"steps": 2}, logging={"run_name": "plain"})
+    train_run(plain)
+    folder = run_folder(plain)
+    cases = [(("select", folder, "--strategy", "bald", "--k", 3), "needs MC Dropout"),
+             (("select", folder, "--strategy", "ambiguity", "--k", 3), "train with the cartography hook"),
+             (("influence", folder), "has no snapshots/"),
+             (("eval", folder, "--mc-dropout", 2), "needs a model trained with dropout"),
+             (("eval", folder, "--ood", "svhn:/x"), "expected imagefolder:PATH"),
+             (("eval", folder, "--ood-classes", "cat"), "is not a class of this run"),
+             (("select", folder, "--strategy", "margin", "--k", 100000), "the unlabeled pool has"),
+             (("eval", tmp_path), "is not a run folder")]
+    for args, message in cases:
+        proc = debiaspl(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
