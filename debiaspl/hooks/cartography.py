@@ -11,8 +11,6 @@ samples; optionally allenai's per-epoch training_dynamics files.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import torch
 
 from debiaspl.analysis.cartography import region_of, td_metrics_records, top_k, training_dynamics_metrics
 from debiaspl.analysis.plots import data_map_figure, save_figure
+from debiaspl.analysis.tables import write_csv
 from debiaspl.config import option
 from debiaspl.data.loaders import stream_epoch_segments
 from debiaspl.hooks.base import Hook, RunContext, StepRecord
@@ -222,7 +221,7 @@ class CartographyHook(Hook):
             changes = dynamics.changes.cpu() if dynamics.changes is not None else None
             for region in ("ambiguous", "hard-to-learn"):
                 order = top_k(region, metrics, self.options.top_k)
-                _write_text(folder / f"{region.replace('-', '_')}.csv", self._csv(dynamics, metrics, order, changes))
+                write_csv(folder / f"{region.replace('-', '_')}.csv", self._top_k_columns(dynamics, metrics, order, changes))
             regions = region_of(metrics["confidence"], metrics["variability"])
             observed = [r for r, n in zip(regions, metrics["epochs_observed"]) if n > 0]
             for region in ("easy-to-learn", "ambiguous", "hard-to-learn"):
@@ -233,21 +232,19 @@ class CartographyHook(Hook):
         if to_tensorboard and scalars:
             log.scalars(step, scalars)
 
-    def _csv(self, dynamics: _Map, metrics: dict, order, changes: torch.Tensor | None) -> str:
-        is_unlabeled = dynamics.changes is not None
-        header = ["rank", "sample_id", "hidden_label" if is_unlabeled else "label", "confidence", "variability",
-                  "correctness", "forgetfulness"] + (["pseudo_label_changes"] if is_unlabeled else [])
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(header)
+    def _top_k_columns(self, dynamics: _Map, metrics: dict, order, changes: torch.Tensor | None) -> dict[str, list]:
+        order = [int(index) for index in order]
         labels = dynamics.labels.cpu()
-        for rank, index in enumerate(order, start=1):
-            index = int(index)
-            row = [rank, dynamics.ids[index], self.context.class_names[int(labels[index])],
-                   f"{float(metrics['confidence'][index]):.6f}", f"{float(metrics['variability'][index]):.6f}",
-                   f"{float(metrics['correctness'][index]):.6f}", int(metrics["forgetfulness"][index])]
-            writer.writerow(row + ([int(changes[index])] if is_unlabeled else []))
-        return out.getvalue()
+        columns = {
+            "rank": list(range(1, len(order) + 1)),
+            "sample_id": [dynamics.ids[i] for i in order],
+            "hidden_label" if changes is not None else "label": [self.context.class_names[int(labels[i])] for i in order],
+            **{key: [float(metrics[key][i]) for i in order] for key in ("confidence", "variability", "correctness")},
+            "forgetfulness": [int(metrics["forgetfulness"][i]) for i in order],
+        }
+        if changes is not None:
+            columns["pseudo_label_changes"] = [int(changes[i]) for i in order]
+        return columns
 
     def on_save_checkpoint(self) -> dict:
         return {"maps": {name: m.state(self.step) for name, m in self.maps.items()},
