@@ -226,3 +226,14 @@ def test_ema_rejects_step_zero():
     ema = ModelEMA(nn.Linear(2, 1))
     with pytest.raises(ValueError, match="step"):
         ema.update(nn.Linear(2, 1), step=0)
+
+
+def test_small_cnn_batchnorm_statistics_converge_in_a_short_run():
+    # A CPU run is a few thousand steps: eval-mode statistics must follow the data within ~50 steps.
+    model = build_model("small_cnn", NUM_CLASSES, in_channels=1).train()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        model(3.0 + torch.randn(16, 1, 8, 8, generator=generator))
+    first_norm = model.blocks[0][1]
+    batch_means = model.blocks[0][0](3.0 + torch.randn(256, 1, 8, 8, generator=generator)).mean(dim=(0, 2, 3))
+    assert torch.allclose(first_norm.running_mean, batch_means.detach(), atol=0.1)

@@ -1,11 +1,17 @@
 """A small, fast CNN for CPU runs and tests; not from a paper. It keeps the WRN's interface
-(forward_features + classifier, optional dropout before it) and FixMatch's BN momentum / LeakyReLU.
+(forward_features + classifier, optional dropout before it) and LeakyReLU, but not FixMatch's BN
+momentum: see SHORT_RUN_BN_MOMENTUM.
 """
 
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from debiaspl.models.wide_resnet import BN_MOMENTUM, LEAKY_SLOPE, init_fixmatch_weights
+from debiaspl.models.wide_resnet import LEAKY_SLOPE, init_fixmatch_weights
+
+# FixMatch's 0.001 suits 2^18-step runs; over the few thousand steps of a CPU run the running
+# statistics would still be mostly their initial values (0.999^1000 = 37%), and every evaluation
+# in eval mode would be off. PyTorch's default converges within a few dozen steps.
+SHORT_RUN_BN_MOMENTUM = 0.1
 
 CHANNELS = (32, 64, 128)
 # Pool between blocks only while the map is at least this large, so 8x8 inputs still reach the
@@ -27,7 +33,7 @@ class SmallCNN(nn.Module):
         self.blocks = nn.ModuleList(
             nn.Sequential(
                 nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),  # bias is redundant before BN
-                nn.BatchNorm2d(c_out, momentum=BN_MOMENTUM),
+                nn.BatchNorm2d(c_out, momentum=SHORT_RUN_BN_MOMENTUM),
                 nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
             )
             for c_in, c_out in zip(widths[:-1], widths[1:])
