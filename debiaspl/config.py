@@ -48,6 +48,7 @@ class DataConfig:
     split_seed: int = option(0, "seed of the labeled/unlabeled draw (separate from train.seed so runs share a split)", ge=0)
     strong_augment: Literal["fixmatch", "usb"] = option("fixmatch", "RandAugment variant of the strong view: FixMatch's (2 ops, random magnitude, p=0.5) or USB's (3 ops)")
     num_workers: int = option(1, "background processes that load and augment batches (0: in the training process)", ge=0)
+    augment_on: Literal["auto", "loader", "device"] = option("auto", "where batches are augmented: in the loader's worker processes, or on the training device after the copy (auto: device on CUDA, loader on CPU); the result is the same")
     label_file: str = option("", "CSV with columns sample_id,label (class name or index): these train-pool images join the labeled set with these labels, e.g. newly annotated ones from `debiaspl select` (a relative path is relative to the working directory)")
 
 
@@ -84,6 +85,10 @@ class TrainConfig:
     ema_warmup: bool = option(True, "EMA decay min(d, (1+t)/(10+t)) so short runs are not dominated by the initial weights")
     seed: int = option(0, "seed of weights, batch order and augmentation", ge=0)
     device: str = option("auto", "auto (cuda when available), cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast of the forward pass (losses and q_hat stay float32); auto: bf16 on CUDA devices that support it, fp32 on CPUs")
+    channels_last: bool = option(False, "NHWC memory layout for the model and its inputs (faster convolutions with bf16 and on many CPUs)")
+    compile: bool = option(False, "torch.compile the model (slow first steps; worth it for long GPU runs)")
+    weak_forward: Literal["joint", "separate"] = option("joint", "joint: labeled, weak and strong views in one forward pass with gradients, so BatchNorm sees them together (FixMatch); separate: the weak view in its own pass without gradients (cheaper)")
     deterministic: bool = option(False, "deterministic CUDA kernels (slower), so GPU runs repeat and resume bit for bit as CPU runs do")
 
 

@@ -133,3 +133,21 @@ def test_cli_end_to_end(tiny, tmp_path):
     not_a_run = subprocess.run([sys.executable, "-m", "debiaspl", "train", "--resume", str(tmp_path)],
                                capture_output=True, text=True)
     assert not_a_run.returncode == 2 and "is not a run folder with a checkpoint" in not_a_run.stderr
+
+
+def test_augmenting_on_the_device_gives_the_same_run(tiny):
+    in_loader = tiny(data={"augment_on": "loader"}, logging={"run_name": "loader"})
+    on_device = tiny(data={"augment_on": "device"}, logging={"run_name": "device"})
+    train_run(in_loader)
+    train_run(on_device)
+    assert_same_tensors(final_state(in_loader)["model"], final_state(on_device)["model"])
+
+
+@pytest.mark.parametrize("train", [{"precision": "bf16"}, {"channels_last": True}, {"weak_forward": "separate"}])
+def test_speed_options_train(tiny, train):
+    config = tiny(train={"steps": 3, **train}, eval={"interval": 3})
+    results = train_run(config)
+    assert results["step"] == 3 and 0 <= results["top1"] <= 1
+    state = final_state(config)
+    assert state["class_marginal"].dtype == torch.float32
+    assert torch.isfinite(state["model"]["classifier.weight"]).all()

@@ -52,27 +52,39 @@ def stream_epoch_segments(set_size: int, batch_size: int, step: int) -> list[tup
     return segments
 
 
-def make_train_batch(labeled: ImageSet, unlabeled: ImageSet, step: int, *, batch_size: int,
-                     unlabeled_ratio: int, seed: int, strong_variant: str) -> dict[str, torch.Tensor]:
-    """The batch of one step (uint8 images; y_ulb is the hidden truth, for monitoring only).
+def gather_batch(labeled: ImageSet, unlabeled: ImageSet, step: int, *, batch_size: int,
+                 unlabeled_ratio: int, seed: int) -> dict[str, torch.Tensor]:
+    """The un-augmented images and labels of one step (y_ulb is the hidden truth, for monitoring only).
 
-    Keys: x_lb [B,C,H,W], y_lb [B], idx_lb [B], x_ulb_weak / x_ulb_strong [mu*B,C,H,W], y_ulb,
-    idx_ulb [mu*B], step (0-d int64).
+    Keys: x_lb [B,C,H,W] uint8, y_lb [B], idx_lb [B], x_ulb [mu*B,C,H,W] uint8, y_ulb, idx_ulb [mu*B],
+    step (0-d int64).
     """
     idx_lb = stream_indices(len(labeled.labels), batch_size, step, seed, _LABELED_STREAM)
     idx_ulb = stream_indices(len(unlabeled.labels), batch_size * unlabeled_ratio, step, seed, _UNLABELED_STREAM)
+    return {"x_lb": labeled.images[idx_lb], "y_lb": labeled.labels[idx_lb], "idx_lb": idx_lb,
+            "x_ulb": unlabeled.images[idx_ulb], "y_ulb": unlabeled.labels[idx_ulb], "idx_ulb": idx_ulb,
+            "step": torch.tensor(step)}
+
+
+def augment_batch(batch: dict[str, torch.Tensor], step: int, seed: int, strong_variant: str) -> dict[str, torch.Tensor]:
+    """Weak view of x_lb; weak and strong views of x_ulb (replaced by x_ulb_weak, x_ulb_strong).
+
+    Works wherever the images are (a loader worker's CPU or the training GPU) and gives the same
+    result on either: the random parameters come from a CPU generator seeded by (seed, step).
+    """
     generator = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT_STREAM, step))
-    x_ulb = unlabeled.images[idx_ulb]
-    return {
-        "x_lb": weak_augment(labeled.images[idx_lb], generator),
-        "y_lb": labeled.labels[idx_lb],
-        "idx_lb": idx_lb,
-        "x_ulb_weak": weak_augment(x_ulb, generator),
-        "x_ulb_strong": strong_augment(x_ulb, generator, strong_variant),
-        "y_ulb": unlabeled.labels[idx_ulb],
-        "idx_ulb": idx_ulb,
-        "step": torch.tensor(step),
-    }
+    out = {key: value for key, value in batch.items() if key != "x_ulb"}
+    out["x_lb"] = weak_augment(batch["x_lb"], generator)
+    out["x_ulb_weak"] = weak_augment(batch["x_ulb"], generator)
+    out["x_ulb_strong"] = strong_augment(batch["x_ulb"], generator, strong_variant)
+    return out
+
+
+def make_train_batch(labeled: ImageSet, unlabeled: ImageSet, step: int, *, batch_size: int,
+                     unlabeled_ratio: int, seed: int, strong_variant: str | None) -> dict[str, torch.Tensor]:
+    """gather_batch, then augment_batch unless strong_variant is None (augmentation left to the trainer)."""
+    batch = gather_batch(labeled, unlabeled, step, batch_size=batch_size, unlabeled_ratio=unlabeled_ratio, seed=seed)
+    return batch if strong_variant is None else augment_batch(batch, step, seed, strong_variant)
 
 
 class TrainBatches(IterableDataset):

@@ -22,7 +22,8 @@ from debiaspl.run_folder import (CHECKPOINT_NAME, CONFIG_NAME, RESULTS_NAME, RUN
 
 # Keys that change where and how a run reports, never its trained weights: they may differ on resume.
 RESUME_SAFE_KEYS = frozenset({
-    "data.root", "data.download", "data.num_workers", "train.device", "train.deterministic", "eval.batch_size",
+    "data.root", "data.download", "data.num_workers", "data.augment_on", "train.device", "train.deterministic",
+    "train.compile", "eval.batch_size",
     "eval.interval", "eval.use_ema", "logging.run_dir", "logging.run_name", "logging.log_interval",
     "logging.checkpoint_interval", "logging.progress_bar", "hooks",
 })

@@ -1,8 +1,8 @@
 """The training loop: FixMatch-style SSL with the step math chosen by `algorithm.name`.
 
-`fit` reads top to bottom: batch -> forward -> step math -> backward -> optimizer -> scheduler ->
-EMA -> state -> logging -> evaluation -> checkpoint. Everything a resumed run needs is in
-`state_dict`.
+`fit` reads top to bottom: batch (copy, augmentation on the device if configured) -> train_step
+(forward -> step math -> backward -> optimizer -> scheduler -> EMA) -> state -> hooks -> logging ->
+evaluation -> checkpoint. Everything a resumed run needs is in `state_dict`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from tqdm import tqdm
 
 from debiaspl.algorithm import ALGORITHMS, uniform_class_marginal
 from debiaspl.config import ExperimentConfig, to_dict
-from debiaspl.data.loaders import to_model_input, train_loader
+from debiaspl.data.loaders import augment_batch, to_model_input, train_loader
 from debiaspl.data.prepare import TrainingData
 from debiaspl.engine.checkpoint import capture_rng_state, restore_rng_state
 from debiaspl.engine.evaluate import evaluate_model, evaluate_pseudo_labels
 from debiaspl.engine.monitor import PseudoLabelMonitor
 from debiaspl.engine.optim import build_optimizer, build_scheduler
 from debiaspl.engine.run_log import RunLog
+from debiaspl.engine.timing import StepTimer
 from debiaspl.hooks import HOOKS, RunContext, StepRecord
 from debiaspl.models import build_model
 from debiaspl.models.ema import ModelEMA
@@ -40,13 +41,29 @@ def build_step_function(config: ExperimentConfig):
     return functools.partial(ALGORITHMS[algorithm.name], **options)
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the forward pass runs under bf16 autocast (train.precision)."""
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
 class Trainer:
-    def __init__(self, config: ExperimentConfig, data: TrainingData, device: torch.device):
+    def __init__(self, config: ExperimentConfig, data: TrainingData, device: torch.device,
+                 timer: StepTimer | None = None):
         self.config, self.data, self.device = config, data, device
+        self.timer = timer or StepTimer(device)
         torch.manual_seed(config.train.seed)
         in_channels = data.image_shape[0]
         self.model = build_model(config.model.name, data.num_classes, in_channels, config.model.dropout).to(device)
+        self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        self.bf16 = use_bf16(config.train.precision, device)
+        self.augment_on_device = config.data.augment_on == "device" or (
+            config.data.augment_on == "auto" and device.type == "cuda")
         self.ema = ModelEMA(self.model, config.train.ema_decay, warmup=config.train.ema_warmup)
+        # compile after the EMA copy, so the EMA module stays a plain one for evaluation
+        self.forward = torch.compile(self.model) if config.train.compile else self.model
         self.optimizer = build_optimizer(self.model, config.optim)
         self.scheduler = build_scheduler(self.optimizer, config.train.steps, config.optim.schedule)
         self.step_function = build_step_function(config)
@@ -69,12 +86,9 @@ class Trainer:
         """Train to train.steps (or pause after `until_step`, checkpointed); returns the last eval metrics."""
         cfg = self.config
         checkpoint_path = run_dir / CHECKPOINT_NAME
-        total_steps, monitor = cfg.train.steps, self.monitor
+        total_steps, monitor, timer = cfg.train.steps, self.monitor, self.timer
         end_step = total_steps if until_step is None else min(until_step, total_steps)
-        loader = train_loader(self.data.labeled, self.data.unlabeled, start_step=self.step, end_step=end_step,
-                              num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-                              batch_size=cfg.train.batch_size, unlabeled_ratio=cfg.train.unlabeled_ratio,
-                              seed=cfg.train.seed, strong_variant=cfg.data.strong_augment)
+        batches = iter(self.loader(self.step, end_step))
         progress = tqdm(total=total_steps, initial=self.step, desc=cfg.logging.run_name, unit="step",
                         dynamic_ncols=True, disable=None if cfg.logging.progress_bar else True)
         metrics, interval_start, steps_timed = {}, time.perf_counter(), 0
@@ -82,42 +96,31 @@ class Trainer:
         for hook in self.hooks:
             hook.on_train_start(context)
         self.model.train()
-        for batch in loader:
-            batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-            num_lb, num_ulb = len(batch["y_lb"]), len(batch["idx_ulb"])
-            # One forward pass over labeled, weak and strong views, so BatchNorm sees them together
-            # as in FixMatch; the weak logits are detached inside the step function.
-            inputs = torch.cat([batch["x_lb"], batch["x_ulb_weak"], batch["x_ulb_strong"]])
-            logits = self.model(to_model_input(inputs, self.mean, self.std))
-            logits_lb, logits_weak, logits_strong = logits.split([num_lb, num_ulb, num_ulb])
-            result = self.step_function(logits_lb, batch["y_lb"], logits_weak, logits_strong, self.class_marginal)
-
-            self.optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            self.optimizer.step()
-            lr = self.scheduler.get_last_lr()[0]  # the rate this step used
-            self.scheduler.step()
-            self.step += 1
-            self.ema.update(self.model, self.step)
+        while self.step < end_step:
+            with timer.section("data"):
+                batch = self.prepare_batch(next(batches))
+            result, logits_lb, logits_weak, lr = self.train_step(batch)
             marginal_before, self.class_marginal = self.class_marginal, result.class_marginal
             monitor.update(result, batch["y_ulb"])
             steps_timed += 1
             progress.update(1)
             if self.hooks:
-                record = self._step_record(batch, logits_lb, logits_weak, result, marginal_before, lr)
-                for hook in self.hooks:
-                    hook.on_step_end(record)
+                with timer.section("hooks"):
+                    record = self._step_record(batch, logits_lb, logits_weak, result, marginal_before, lr)
+                    for hook in self.hooks:
+                        hook.on_step_end(record)
 
             is_last = self.step == total_steps
-            if self.step % cfg.logging.log_interval == 0 or is_last:
-                steps_per_second = steps_timed / max(time.perf_counter() - interval_start, 1e-9)
-                scalars = monitor.flush()
-                scalars["train/lr"] = lr
-                scalars["train/steps_per_second"] = steps_per_second
-                scalars.update(self._marginal_scalars())
-                log.scalars(self.step, scalars)
-                progress.set_postfix(loss=f"{scalars['train/loss']:.3f}", mask=f"{scalars['pseudo/mask_rate']:.2f}")
-                interval_start, steps_timed = time.perf_counter(), 0
+            with timer.section("logging"):
+                if self.step % cfg.logging.log_interval == 0 or is_last:
+                    steps_per_second = steps_timed / max(time.perf_counter() - interval_start, 1e-9)
+                    scalars = monitor.flush()
+                    scalars["train/lr"] = lr
+                    scalars["train/steps_per_second"] = steps_per_second
+                    scalars.update(self._marginal_scalars())
+                    log.scalars(self.step, scalars)
+                    progress.set_postfix(loss=f"{scalars['train/loss']:.3f}", mask=f"{scalars['pseudo/mask_rate']:.2f}")
+                    interval_start, steps_timed = time.perf_counter(), 0
             if self.step % cfg.eval.interval == 0 or is_last:
                 metrics = self.evaluate()
                 log.scalars(self.step, _eval_scalars(metrics, self.data.class_names))
@@ -137,6 +140,54 @@ class Trainer:
         if not metrics and self.step == total_steps:  # resumed from the final checkpoint
             metrics = self.evaluate()
         return metrics
+
+    def loader(self, start_step: int, end_step: int):
+        """Batches for steps [start_step, end_step), augmented in the workers unless that happens on the device."""
+        cfg = self.config
+        return train_loader(self.data.labeled, self.data.unlabeled, start_step=start_step, end_step=end_step,
+                            num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+                            batch_size=cfg.train.batch_size, unlabeled_ratio=cfg.train.unlabeled_ratio,
+                            seed=cfg.train.seed,
+                            strong_variant=None if self.augment_on_device else cfg.data.strong_augment)
+
+    def prepare_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Copy to the device (asynchronously from pinned memory on CUDA), augmenting there if configured."""
+        step = int(batch["step"])  # a CPU tensor: no device sync
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+        if self.augment_on_device:
+            batch = augment_batch(batch, step, self.config.train.seed, self.config.data.strong_augment)
+        return batch
+
+    def train_step(self, batch: dict[str, torch.Tensor]):
+        """Forward, step math, backward, optimizer, scheduler, EMA on one batch; returns what the loop logs."""
+        cfg, timer = self.config, self.timer
+        num_lb, num_ulb = len(batch["y_lb"]), len(batch["idx_ulb"])
+        with timer.section("forward"), torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+            if cfg.train.weak_forward == "joint":
+                # One pass over labeled, weak and strong views, so BatchNorm sees them together as in
+                # FixMatch; the weak logits are detached inside the step function.
+                logits = self.forward(self._model_input(batch["x_lb"], batch["x_ulb_weak"], batch["x_ulb_strong"]))
+                logits_lb, logits_weak, logits_strong = logits.split([num_lb, num_ulb, num_ulb])
+            else:
+                with torch.no_grad():
+                    logits_weak = self.forward(self._model_input(batch["x_ulb_weak"]))
+                logits = self.forward(self._model_input(batch["x_lb"], batch["x_ulb_strong"]))
+                logits_lb, logits_strong = logits.split([num_lb, num_ulb])
+            result = self.step_function(logits_lb, batch["y_lb"], logits_weak, logits_strong, self.class_marginal)
+        with timer.section("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+        with timer.section("optimizer"):
+            self.optimizer.step()
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step used
+            self.scheduler.step()
+            self.step += 1
+            self.ema.update(self.model, self.step)
+        return result, logits_lb, logits_weak, lr
+
+    def _model_input(self, *images: torch.Tensor) -> torch.Tensor:
+        inputs = to_model_input(torch.cat(images) if len(images) > 1 else images[0], self.mean, self.std)
+        return inputs.contiguous(memory_format=self.memory_format)
 
     def evaluate(self) -> dict:
         """Test metrics of the evaluated model, plus the quality of its unlabeled-set pseudo-labels."""
