@@ -32,7 +32,7 @@ def option(default: Any, doc: str, *, ge: float | None = None, gt: float | None 
 
 
 DatasetName = Literal["cifar10", "cifar100", "imagefolder", "digits"]
-ModelName = Literal["wrn28_2", "wrn28_8", "small_cnn"]
+ModelName = Literal["wrn28_2", "wrn28_8", "small_cnn", "small_cnn_gn"]
 AlgorithmName = Literal["fixmatch", "debiaspl"]
 
 
@@ -54,7 +54,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: ModelName = option("wrn28_2", "network: WRN-28-2 (CIFAR-10), WRN-28-8 (CIFAR-100), small_cnn (CPU runs)")
+    name: ModelName = option("wrn28_2", "network: WRN-28-2 (CIFAR-10), WRN-28-8 (CIFAR-100), small_cnn (CPU runs), small_cnn_gn (the same with GroupNorm, independent of the batch split across processes)")
     dropout: float = option(0.0, "dropout rate before the classifier", ge=0, lt=1)
 
 

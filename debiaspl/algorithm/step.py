@@ -27,10 +27,16 @@ class StepResult(NamedTuple):
 
 def fixmatch_step(logits_lb: torch.Tensor, y_lb: torch.Tensor, logits_weak: torch.Tensor,
                   logits_strong: torch.Tensor, class_marginal: torch.Tensor, *, threshold: float,
-                  unlabeled_weight: float, marginal_momentum: float) -> StepResult:
-    """FixMatch: CE(labeled) + lambda_u * mean(mask * CE(strong, argmax softmax(weak)))."""
+                  unlabeled_weight: float, marginal_momentum: float,
+                  batch_marginal: torch.Tensor | None = None) -> StepResult:
+    """FixMatch: CE(labeled) + lambda_u * mean(mask * CE(strong, argmax softmax(weak))).
+
+    batch_marginal [C]: the weak-view softmax averaged over the whole batch when the batch is split
+    over processes (None: over this batch).
+    """
     pseudo = make_pseudo_labels(logits_weak, threshold)
-    new_marginal = update_class_marginal(class_marginal, pseudo.probs, marginal_momentum)
+    new_marginal = update_class_marginal(class_marginal, _batch_probs(pseudo.probs, batch_marginal),
+                                         marginal_momentum)
     loss_sup = supervised_loss(logits_lb, y_lb)
     loss_unsup = masked_unlabeled_loss(logits_strong, pseudo.labels, pseudo.mask)
     return StepResult(loss_sup + unlabeled_weight * loss_unsup, loss_sup, loss_unsup, pseudo.probs,
@@ -39,21 +45,28 @@ def fixmatch_step(logits_lb: torch.Tensor, y_lb: torch.Tensor, logits_weak: torc
 
 def debiaspl_step(logits_lb: torch.Tensor, y_lb: torch.Tensor, logits_weak: torch.Tensor,
                   logits_strong: torch.Tensor, class_marginal: torch.Tensor, *, threshold: float,
-                  unlabeled_weight: float, marginal_momentum: float, tau: float) -> StepResult:
+                  unlabeled_weight: float, marginal_momentum: float, tau: float,
+                  batch_marginal: torch.Tensor | None = None) -> StepResult:
     """FixMatch + DebiasPL, in the order of the official code.
 
     1. pseudo-labels from softmax(z_weak - tau * log q_hat) with q_hat from before this step;
     2. q_hat updated from the raw (not debiased, not masked) weak-view softmax;
     3. adaptive margin loss CE(z_strong + tau * log q_hat, label) with the *updated* q_hat.
+    batch_marginal as in fixmatch_step.
     """
     pseudo = make_pseudo_labels(debias_logits(logits_weak.detach(), class_marginal, tau), threshold)
     probs_weak = torch.softmax(logits_weak.detach().float(), dim=-1)
-    new_marginal = update_class_marginal(class_marginal, probs_weak, marginal_momentum)
+    new_marginal = update_class_marginal(class_marginal, _batch_probs(probs_weak, batch_marginal), marginal_momentum)
     loss_sup = supervised_loss(logits_lb, y_lb)
     logits_margin = add_adaptive_margin(logits_strong, new_marginal, tau)
     loss_unsup = masked_unlabeled_loss(logits_margin, pseudo.labels, pseudo.mask)
     return StepResult(loss_sup + unlabeled_weight * loss_unsup, loss_sup, loss_unsup, probs_weak,
                       pseudo.probs, pseudo.labels, pseudo.mask, new_marginal)
+
+
+def _batch_probs(probs: torch.Tensor, batch_marginal: torch.Tensor | None) -> torch.Tensor:
+    """What update_class_marginal averages: this batch's probabilities, or the given global mean as one row."""
+    return probs if batch_marginal is None else batch_marginal[None]
 
 
 StepFunction = Callable[..., StepResult]

@@ -3,6 +3,7 @@
 import torch
 
 from debiaspl.algorithm import StepResult
+from debiaspl.engine.distributed import Distributed
 
 
 class PseudoLabelMonitor:
@@ -24,9 +25,13 @@ class PseudoLabelMonitor:
         ])
         self.steps += 1
 
-    def flush(self) -> dict[str, float]:
-        """Interval means; the one host sync of a logging interval happens here."""
-        loss, loss_sup, loss_unsup, mask_rate, acc, correct_masked, masked = self.sums.tolist()
+    def flush(self, distributed: Distributed | None = None) -> dict[str, float]:
+        """Interval means over all processes; the one host sync of a logging interval happens here."""
+        sums = self.sums
+        if distributed is not None and distributed.enabled:
+            sums = distributed.sum(sums)
+            sums[:5] /= distributed.world_size  # per-step means of equal shards; the last two are counts
+        loss, loss_sup, loss_unsup, mask_rate, acc, correct_masked, masked = sums.tolist()
         steps, self.steps = self.steps, 0
         self.sums.zero_()
         values = [loss / steps, loss_sup / steps, loss_unsup / steps, mask_rate / steps, acc / steps,

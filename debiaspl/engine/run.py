@@ -13,7 +13,8 @@ from debiaspl.config import ExperimentConfig, from_dict, save_config, to_dict
 from debiaspl.data.datasets import check_source_available
 from debiaspl.data.prepare import prepare_data
 from debiaspl.device import resolve_device
-from debiaspl.engine.run_log import RunLog
+from debiaspl.engine.distributed import Distributed
+from debiaspl.engine.run_log import NullLog, RunLog
 from debiaspl.engine.trainer import Trainer
 from debiaspl.errors import UserError
 from debiaspl.run_folder import (CHECKPOINT_NAME, CONFIG_NAME, RESULTS_NAME, RUN_INFO_NAME, load_run_checkpoint,
@@ -50,32 +51,41 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     """
     run_dir = run_folder(config)
     checkpoint_path = run_dir / CHECKPOINT_NAME
+    distributed = Distributed.from_environment()  # one process, or one of those torchrun started
+    say = print if distributed.is_main else _silent
     state = None
     if checkpoint_path.exists():
         state, saved_config = load_run_checkpoint(checkpoint_path)
         check_resumable(saved_config, config, run_dir)
         if (run_dir / RESULTS_NAME).exists() and state["step"] >= config.train.steps:
-            print(f"{run_dir}: already finished at step {state['step']}; results in {run_dir / RESULTS_NAME}")
+            say(f"{run_dir}: already finished at step {state['step']}; results in {run_dir / RESULTS_NAME}")
             return json.loads((run_dir / RESULTS_NAME).read_text())
-        print(f"{run_dir}: resuming from step {state['step']} of {config.train.steps}")
+        say(f"{run_dir}: resuming from step {state['step']} of {config.train.steps}")
     device = resolve_device(config.train.device)
+    if distributed.enabled and device.type == "cuda":
+        device = torch.device("cuda", distributed.local_rank)
+        torch.cuda.set_device(device)
+    distributed.start(device.type)
     if config.train.deterministic:
         _use_deterministic_kernels()
     data = prepare_data(config.data)
-    try:  # the folder is made only once the data loaded, so a mistake there leaves nothing behind
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / CONFIG_NAME)
-    except OSError as exc:
-        raise UserError(f"cannot write the run folder {run_dir} (logging.run_dir / logging.run_name): {exc}") from None
-    write_json(run_dir / RUN_INFO_NAME, {**data.summary(), "device": str(device)})
-    print(f"labeled {data.labeled_counts} ({sum(data.labeled_counts)}), unlabeled {data.unlabeled_counts} "
-          f"({sum(data.unlabeled_counts)}), test {len(data.test.labels)}")
+    if distributed.is_main:
+        try:  # the folder is made only once the data loaded, so a mistake there leaves nothing behind
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / CONFIG_NAME)
+        except OSError as exc:
+            raise UserError(f"cannot write the run folder {run_dir} (logging.run_dir / logging.run_name): {exc}") from None
+        write_json(run_dir / RUN_INFO_NAME, {**data.summary(), "device": str(device),
+                                             "processes": distributed.world_size})
+    say(f"labeled {data.labeled_counts} ({sum(data.labeled_counts)}), unlabeled {data.unlabeled_counts} "
+        f"({sum(data.unlabeled_counts)}), test {len(data.test.labels)}"
+        + (f"; {distributed.world_size} processes" if distributed.enabled else ""))
 
-    trainer = Trainer(config, data, device)
+    trainer = Trainer(config, data, device, distributed=distributed)
     if state is not None:
         trainer.load_state_dict(state)
     # Also from step 0: a run that died before its first checkpoint leaves logs to drop.
-    log = RunLog(run_dir, resume_step=trainer.step)
+    log = RunLog(run_dir, resume_step=trainer.step) if distributed.is_main else NullLog()
     if state is None:
         log.text("data/split", _split_table(data.class_names, data.labeled_counts, data.unlabeled_counts))
     started = time.perf_counter()
@@ -86,11 +96,16 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     results = {"step": trainer.step, "algorithm": config.algorithm.name, "run": str(run_dir),
                "class_names": data.class_names, "train_seconds_this_session": time.perf_counter() - started,
                **metrics}
-    if trainer.step >= config.train.steps:
+    if trainer.step >= config.train.steps and distributed.is_main:
         write_json(run_dir / RESULTS_NAME, results)
-    else:
-        print(f"{run_dir}: paused at step {trainer.step} of {config.train.steps}; run again to continue")
+    elif trainer.step < config.train.steps:
+        say(f"{run_dir}: paused at step {trainer.step} of {config.train.steps}; run again to continue")
+    distributed.barrier()  # nobody reads the folder before rank 0 finished writing it
     return results
+
+
+def _silent(*args, **kwargs) -> None:
+    """print() for the processes that are not rank 0."""
 
 
 def _use_deterministic_kernels() -> None:

@@ -7,11 +7,14 @@ evaluation -> checkpoint. Everything a resumed run needs is in `state_dict`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from debiaspl.algorithm import ALGORITHMS, uniform_class_marginal
@@ -19,6 +22,7 @@ from debiaspl.config import ExperimentConfig, to_dict
 from debiaspl.data.loaders import augment_batch, to_model_input, train_loader
 from debiaspl.data.prepare import TrainingData
 from debiaspl.engine.checkpoint import capture_rng_state, restore_rng_state
+from debiaspl.engine.distributed import Distributed
 from debiaspl.engine.evaluate import evaluate_model, evaluate_pseudo_labels
 from debiaspl.engine.monitor import PseudoLabelMonitor
 from debiaspl.engine.optim import build_optimizer, build_scheduler
@@ -50,9 +54,11 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 class Trainer:
     def __init__(self, config: ExperimentConfig, data: TrainingData, device: torch.device,
-                 timer: StepTimer | None = None):
+                 timer: StepTimer | None = None, distributed: Distributed | None = None):
         self.config, self.data, self.device = config, data, device
         self.timer = timer or StepTimer(device)
+        self.dist = distributed or Distributed()
+        self.dist.check_divides("train.batch_size", config.train.batch_size)
         torch.manual_seed(config.train.seed)
         in_channels = data.image_shape[0]
         self.model = build_model(config.model.name, data.num_classes, in_channels, config.model.dropout).to(device)
@@ -62,19 +68,27 @@ class Trainer:
         self.augment_on_device = config.data.augment_on == "device" or (
             config.data.augment_on == "auto" and device.type == "cuda")
         self.ema = ModelEMA(self.model, config.train.ema_decay, warmup=config.train.ema_warmup)
-        # compile after the EMA copy, so the EMA module stays a plain one for evaluation
-        self.forward = torch.compile(self.model) if config.train.compile else self.model
+        # wrap and compile after the EMA copy, so the EMA module stays a plain one for evaluation
+        self.forward = self.model
+        if self.dist.enabled:
+            if device.type == "cuda":  # per-process BatchNorm statistics would differ from one process's
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.forward = DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
+        if config.train.compile:
+            self.forward = torch.compile(self.forward)
         self.optimizer = build_optimizer(self.model, config.optim)
         self.scheduler = build_scheduler(self.optimizer, config.train.steps, config.optim.schedule)
         self.step_function = build_step_function(config)
         self.class_marginal = uniform_class_marginal(data.num_classes, device)
         self.monitor = PseudoLabelMonitor(device)
-        self.hooks = [HOOKS[hook.name](hook.options) for hook in config.hooks]
+        # Hooks run where the files are written; every process takes part in gathering their records.
+        self.hooks = [HOOKS[hook.name](hook.options) for hook in config.hooks] if self.dist.is_main else []
+        self.gather_records = bool(config.hooks) and self.dist.enabled
         self.step = 0
         self.mean = torch.tensor(data.mean, device=device)
         self.std = torch.tensor(data.std, device=device)
         self._features: torch.Tensor | None = None
-        if any(hook.needs_features for hook in self.hooks):
+        if any(HOOKS[hook.name].needs_features for hook in config.hooks):
             # The classifier's input is the penultimate feature; keeping it costs no extra forward pass.
             self.model.classifier.register_forward_hook(self._keep_features)
 
@@ -90,7 +104,7 @@ class Trainer:
         end_step = total_steps if until_step is None else min(until_step, total_steps)
         batches = iter(self.loader(self.step, end_step))
         progress = tqdm(total=total_steps, initial=self.step, desc=cfg.logging.run_name, unit="step",
-                        dynamic_ncols=True, disable=None if cfg.logging.progress_bar else True)
+                        dynamic_ncols=True, disable=None if cfg.logging.progress_bar and self.dist.is_main else True)
         metrics, interval_start, steps_timed = {}, time.perf_counter(), 0
         context = self._run_context(log, run_dir)
         for hook in self.hooks:
@@ -104,7 +118,7 @@ class Trainer:
             monitor.update(result, batch["y_ulb"])
             steps_timed += 1
             progress.update(1)
-            if self.hooks:
+            if self.hooks or self.gather_records:
                 with timer.section("hooks"):
                     record = self._step_record(batch, logits_lb, logits_weak, result, marginal_before, lr)
                     for hook in self.hooks:
@@ -114,19 +128,21 @@ class Trainer:
             with timer.section("logging"):
                 if self.step % cfg.logging.log_interval == 0 or is_last:
                     steps_per_second = steps_timed / max(time.perf_counter() - interval_start, 1e-9)
-                    scalars = monitor.flush()
+                    scalars = monitor.flush(self.dist)
                     scalars["train/lr"] = lr
                     scalars["train/steps_per_second"] = steps_per_second
                     scalars.update(self._marginal_scalars())
                     log.scalars(self.step, scalars)
                     progress.set_postfix(loss=f"{scalars['train/loss']:.3f}", mask=f"{scalars['pseudo/mask_rate']:.2f}")
                     interval_start, steps_timed = time.perf_counter(), 0
-            if self.step % cfg.eval.interval == 0 or is_last:
+            if self.dist.is_main and (self.step % cfg.eval.interval == 0 or is_last):
                 metrics = self.evaluate()
                 log.scalars(self.step, _eval_scalars(metrics, self.data.class_names))
                 progress.write(f"step {self.step}: top1 {metrics['top1']:.4f}  balanced {metrics['balanced_acc']:.4f}")
                 for hook in self.hooks:
                     hook.on_evaluation(self.step, metrics)
+            if not self.dist.is_main:
+                continue  # the other processes only train
             if cfg.logging.snapshot_interval and (self.step % cfg.logging.snapshot_interval == 0 or is_last):
                 # TracIn sums over these with the learning rate in force at each (Pruthi et al. 2020).
                 save_checkpoint({"step": self.step, "lr": self.scheduler.get_last_lr()[0],
@@ -137,7 +153,7 @@ class Trainer:
                         hook.on_train_end(self.step)
                 save_checkpoint(self.state_dict(), checkpoint_path)
         progress.close()
-        if not metrics and self.step == total_steps:  # resumed from the final checkpoint
+        if not metrics and self.step == total_steps and self.dist.is_main:  # resumed from the final checkpoint
             metrics = self.evaluate()
         return metrics
 
@@ -153,10 +169,15 @@ class Trainer:
     def prepare_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Copy to the device (asynchronously from pinned memory on CUDA), augmenting there if configured."""
         step = int(batch["step"])  # a CPU tensor: no device sync
+        if not self.augment_on_device:
+            batch = self._shard(batch)
         batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-        if self.augment_on_device:
-            batch = augment_batch(batch, step, self.config.train.seed, self.config.data.strong_augment)
+        if self.augment_on_device:  # the global batch, so every process draws what one process would
+            batch = self._shard(augment_batch(batch, step, self.config.train.seed, self.config.data.strong_augment))
         return batch
+
+    def _shard(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key: value if key == "step" else self.dist.shard(value) for key, value in batch.items()}
 
     def train_step(self, batch: dict[str, torch.Tensor]):
         """Forward, step math, backward, optimizer, scheduler, EMA on one batch; returns what the loop logs."""
@@ -173,7 +194,11 @@ class Trainer:
                     logits_weak = self.forward(self._model_input(batch["x_ulb_weak"]))
                 logits = self.forward(self._model_input(batch["x_lb"], batch["x_ulb_strong"]))
                 logits_lb, logits_strong = logits.split([num_lb, num_ulb])
-            result = self.step_function(logits_lb, batch["y_lb"], logits_weak, logits_strong, self.class_marginal)
+            # q_hat follows the whole batch: the mean over processes of their shards' softmax means
+            batch_marginal = (self.dist.mean(torch.softmax(logits_weak.detach().float(), dim=1).mean(dim=0))
+                              if self.dist.enabled else None)
+            result = self.step_function(logits_lb, batch["y_lb"], logits_weak, logits_strong, self.class_marginal,
+                                        batch_marginal=batch_marginal)
         with timer.section("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
@@ -218,8 +243,10 @@ class Trainer:
         num_lb, num_ulb = len(batch["y_lb"]), len(batch["idx_ulb"])
         features_lb = features_weak = None
         if self._features is not None:
-            features_lb, features_weak, _ = self._features.split([num_lb, num_ulb, num_ulb])
-        return StepRecord(
+            features_lb, features_weak = self._features[:num_lb], self._features[num_lb:num_lb + num_ulb]
+            if self.config.train.weak_forward == "separate":  # the last forward was the labeled + strong one
+                features_weak = None
+        record = StepRecord(
             step=self.step, idx_lb=batch["idx_lb"], y_lb=batch["y_lb"], logits_lb=logits_lb.detach().float(),
             idx_ulb=batch["idx_ulb"], y_ulb=batch["y_ulb"], logits_weak=logits_weak.detach().float(),
             probs_weak=result.probs_weak, probs_pseudo=result.probs_pseudo, pseudo_labels=result.pseudo_labels,
@@ -227,6 +254,12 @@ class Trainer:
             mask=result.mask, class_marginal_before=marginal_before, class_marginal=result.class_marginal.clone(),
             loss=result.loss.detach(), loss_sup=result.loss_sup.detach(), loss_unsup=result.loss_unsup.detach(),
             lr=lr, features_lb=features_lb, features_weak=features_weak)
+        if self.gather_records:  # hooks see the global batch, as in a one-process run
+            per_sample = {name: self.dist.gather(value) for name, value in vars(record).items()
+                          if name in _PER_SAMPLE_FIELDS and value is not None}
+            losses = {name: self.dist.mean(getattr(record, name)) for name in ("loss", "loss_sup", "loss_unsup")}
+            record = dataclasses.replace(record, **per_sample, **losses)
+        return record
 
     def _marginal_scalars(self) -> dict[str, float]:
         values = self.class_marginal.tolist()
@@ -260,6 +293,10 @@ class Trainer:
             if hook.name in state["hooks"]:
                 hook.on_load_checkpoint(state["hooks"][hook.name])
         restore_rng_state(state["rng"])
+
+
+_PER_SAMPLE_FIELDS = frozenset({"idx_lb", "y_lb", "logits_lb", "idx_ulb", "y_ulb", "logits_weak", "probs_weak",
+                                "probs_pseudo", "pseudo_labels", "mask", "features_lb", "features_weak"})
 
 
 def _eval_scalars(metrics: dict, class_names: list[str]) -> dict[str, float]:

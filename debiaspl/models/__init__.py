@@ -38,6 +38,7 @@ MODELS: dict[str, Callable[..., Classifier]] = {
     "wrn28_2": partial(WideResNet, depth=28, widen_factor=2),  # CIFAR-10 in FixMatch, ~1.47M params
     "wrn28_8": partial(WideResNet, depth=28, widen_factor=8),  # CIFAR-100 in FixMatch, ~23.4M params
     "small_cnn": SmallCNN,  # CPU runs and tests, ~0.1M params
+    "small_cnn_gn": partial(SmallCNN, norm="group"),  # the same with GroupNorm: batch-independent
 }
 
 

@@ -19,6 +19,16 @@ CHANNELS = (32, 64, 128)
 MIN_POOL_SIZE = 4
 
 
+def _norm_layer(norm: str, channels: int) -> nn.Module:
+    """BatchNorm, or GroupNorm (8 channels a group), which does not depend on the batch: a run split
+    over several processes then computes exactly what one process would."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels, momentum=SHORT_RUN_BN_MOMENTUM)
+    if norm == "group":
+        return nn.GroupNorm(channels // 8, channels)
+    raise ValueError(f"unknown norm {norm!r}; choose batch or group")
+
+
 class SmallCNN(nn.Module):
     """Three conv3x3-BN-LReLU blocks (32/64/128 channels) with 2x2 max-pooling between them,
     global average pooling, optional dropout and a linear classifier (~0.1M parameters).
@@ -27,13 +37,13 @@ class SmallCNN(nn.Module):
     forward_features(x) -> [B, 128], the pooled penultimate features fed to `self.classifier`.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, dropout: float = 0.0):
+    def __init__(self, num_classes: int, in_channels: int = 3, dropout: float = 0.0, norm: str = "batch"):
         super().__init__()
         widths = (in_channels, *CHANNELS)
         self.blocks = nn.ModuleList(
             nn.Sequential(
-                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),  # bias is redundant before BN
-                nn.BatchNorm2d(c_out, momentum=SHORT_RUN_BN_MOMENTUM),
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),  # bias is redundant before the norm
+                _norm_layer(norm, c_out),
                 nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
             )
             for c_in, c_out in zip(widths[:-1], widths[1:])

@@ -1,0 +1,61 @@
+"""torchrun with 2 CPU processes (gloo) computes what one process computes for the same global batch."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from debiaspl.config import save_config
+from debiaspl.engine.run import run_folder
+from debiaspl.run_folder import load_checkpoint
+
+
+def marginal_trajectory(config):
+    rows = [json.loads(line) for line in (run_folder(config) / "metrics.jsonl").open()]
+    return torch.tensor([[row[f"pseudo/class_marginal/{c}"] for c in range(10)] for row in rows
+                         if "pseudo/class_marginal/0" in row])
+
+
+@pytest.mark.parametrize("augment_on", ["loader", "device"])
+def test_two_processes_match_one(tmp_path, augment_on):
+    # GroupNorm: BatchNorm statistics would be per process on the CPU (SyncBatchNorm needs CUDA).
+    # threshold 0: every pseudo-label counts, so the unlabeled loss shapes the weights from step 1.
+    from debiaspl.config import from_dict, to_dict
+    configs = {}
+    for name in ("one", "two"):
+        config = tiny_config(tmp_path / "runs", model={"name": "small_cnn_gn"}, algorithm={"threshold": 0.0},
+                                    train={"steps": 4, "batch_size": 8}, data={"augment_on": augment_on},
+                                    eval={"interval": 4}, logging={"run_name": name, "log_interval": 1,
+                                                                  "checkpoint_interval": 4})
+        # hooks see the gathered global batch under torchrun
+        configs[name] = from_dict({**to_dict(config), "hooks": [{"name": "drift", "interval": 2},
+                                                                {"name": "uncertainty", "interval": 2}]})
+        save_config(configs[name], tmp_path / f"{name}.yaml")
+    one = subprocess.run([sys.executable, "-m", "debiaspl", "train", str(tmp_path / "one.yaml")],
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "debiaspl", "train", str(tmp_path / "two.yaml")]
+    for until in (["--until-step", "2"], []):  # paused and resumed on 2 processes
+        two = subprocess.run(torchrun + until, capture_output=True, text=True)
+        assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((run_folder(configs["two"]) / "run_info.json").read_text())["processes"] == 2
+    trajectory_one, trajectory_two = marginal_trajectory(configs["one"]), marginal_trajectory(configs["two"])
+    assert trajectory_one.shape == (4, 10)
+    assert torch.allclose(trajectory_one, trajectory_two, atol=1e-6)
+    assert not torch.allclose(trajectory_one[-1], torch.full((10,), 0.1))  # q_hat moved
+    a = load_checkpoint(run_folder(configs["one"]) / "checkpoint.pt")
+    b = load_checkpoint(run_folder(configs["two"]) / "checkpoint.pt")
+    for key, value in a["model"].items():
+        assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-5), key
+    assert not torch.equal(a["model"]["classifier.weight"], a["ema"]["classifier.weight"])
+    rows = {name: [json.loads(line) for line in (run_folder(config) / "metrics.jsonl").open()]
+            for name, config in configs.items()}
+    hook_rows = {name: [row for row in value if "drift/kl_to_true" in row] for name, value in rows.items()}
+    assert len(hook_rows["one"]) == len(hook_rows["two"]) == 2
+    for row_one, row_two in zip(hook_rows["one"], hook_rows["two"]):
+        for tag in ("drift/kl_to_true", "drift/precision/0", "drift/debias_changed", "drift/imbalance_ratio"):
+            assert row_one[tag] == pytest.approx(row_two[tag], abs=1e-6, nan_ok=True), tag
