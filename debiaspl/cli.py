@@ -124,6 +124,10 @@ def _offline(args: argparse.Namespace) -> int:
 
     from debiaspl.analysis.load_run import load_run
 
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    if getattr(args, "mc_dropout", 0) and args.mc_dropout < 2:  # eval and select have it
+        raise UserError(f"--mc-dropout {args.mc_dropout}: needs at least 2 passes (0 turns it off)")
     run = load_run(args.run, args.weights, args.device, args.data_root)
     if args.verb == "eval":
         from debiaspl.analysis.evaluate_run import evaluate_run

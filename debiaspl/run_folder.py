@@ -10,6 +10,7 @@ select) read it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +22,7 @@ from debiaspl.errors import UserError
 
 CONFIG_NAME, CHECKPOINT_NAME, RESULTS_NAME, RUN_INFO_NAME = "config.yaml", "checkpoint.pt", "results.json", "run_info.json"
 SNAPSHOT_FOLDER = "snapshots"
+LABEL_FILE_COPY = "label_file.csv"  # data.label_file as the run trained on it (the original may change later)
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = ("format", "step", "model", "ema", "optimizer", "scheduler", "class_marginal", "monitor", "hooks",
                    "rng", "config")
@@ -73,10 +75,21 @@ def list_snapshots(run_dir: Path) -> list[Path]:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    """Atomically (temporary file + rename), so a crash never leaves half a file."""
+    """Atomically (temporary file + rename), so a crash never leaves half a file; NaN and inf become null."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.write_text(json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
+
+
+def _finite(value):
+    """Valid JSON has no NaN: non-finite floats become None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def require_run_folder(run_dir: Path) -> Path:

@@ -1,6 +1,7 @@
 """torchrun with 2 CPU processes (gloo) computes what one process computes for the same global batch."""
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -11,6 +12,12 @@ from conftest import tiny_config
 from debiaspl.config import save_config
 from debiaspl.engine.run import run_folder
 from debiaspl.run_folder import load_checkpoint
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def marginal_trajectory(config):
@@ -37,9 +44,11 @@ def test_two_processes_match_one(tmp_path, augment_on):
     one = subprocess.run([sys.executable, "-m", "debiaspl", "train", str(tmp_path / "one.yaml")],
                          capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "debiaspl", "train", str(tmp_path / "two.yaml")]
     for until in (["--until-step", "2"], []):  # paused and resumed on 2 processes
+        # a fresh free port each launch: a fixed one may still be held by the previous launch
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                    "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+                    "-m", "debiaspl", "train", str(tmp_path / "two.yaml")]
         two = subprocess.run(torchrun + until, capture_output=True, text=True)
         assert two.returncode == 0, two.stderr[-3000:]
     assert json.loads((run_folder(configs["two"]) / "run_info.json").read_text())["processes"] == 2

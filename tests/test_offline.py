@@ -47,7 +47,7 @@ def test_eval_writes_metrics_uncertainty_and_ood(trained):
     metrics = json.loads((trained / "eval/metrics.json").read_text())
     for key in ("top1", "balanced_acc", "acc_few", "nll", "brier", "ece", "class_acc"):
         assert key in metrics, key
-    assert metrics["mc_dropout"]["passes"] == 3 and metrics["mc_dropout"]["mean_mutual_information"] >= 0
+    assert metrics["mc_dropout"]["passes"] == 3 and metrics["mc_dropout"]["mean_mutual_information"] > 0
     ood = metrics["ood"]
     assert set(ood) == {"classes_8_9", "digits"}
     for score in ("msp", "max_logit", "energy", "entropy", "mutual_information"):
@@ -56,6 +56,20 @@ def test_eval_writes_metrics_uncertainty_and_ood(trained):
     rows = read_csv(trained / "eval/predictions.csv")
     assert len(rows) == 539 and {"sample_id", "confidence", "mutual_information", "variance"} <= set(rows[0])
     assert (trained / "eval/reliability.png").is_file() and (trained / "eval/ood_classes_8_9.png").is_file()
+
+
+def test_ood_from_a_plain_folder_of_grayscale_images(trained, tmp_path):
+    from PIL import Image
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for i in range(20):
+        pixels = torch.randint(0, 256, (8, 8), dtype=torch.uint8, generator=generator).numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    proc = debiaspl("eval", trained, "--ood", f"imagefolder:{folder}")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((trained / "eval/metrics.json").read_text())["ood"]["noise"]
+    assert report["num_out"] == 20 and 0 <= report["energy"]["auroc"] <= 1
 
 
 def test_influence_last_layer_equals_full_gradient_of_the_classifier(trained):
@@ -90,10 +104,46 @@ def test_select_every_strategy(trained, strategy):
 
 
 def test_balanced_selection_spreads_over_classes(trained):
+    from debiaspl.analysis.inference import predict_logits
+    from debiaspl.analysis.selection import class_quotas, inverse_marginal_weights
     out = trained / "selection" / "balanced.csv"
     assert debiaspl("select", trained, "--strategy", "entropy", "--k", 20, "--balance", "--out", out).returncode == 0
-    predicted = [row["predicted"] for row in read_csv(out)]
-    assert len(predicted) == 20 and all(row["label"] == "" for row in read_csv(out))
+    rows = read_csv(out)
+    assert len(rows) == 20 and all(row["label"] == "" for row in rows)
+    run = load_run(trained, device="cpu")
+    logits = predict_logits(run.model, run.data.unlabeled.images, run.mean, run.std, 256, run.device)
+    pool_sizes = torch.bincount(logits.argmax(1), minlength=10)
+    quotas = class_quotas(pool_sizes, inverse_marginal_weights(run.class_marginal), 20)
+    counts = [sum(row["predicted"] == name for row in rows) for name in run.data.class_names]
+    assert counts == [int(q) for q in quotas]
+
+
+def test_mc_dropout_samples_dropout_only_and_leaves_the_rng_alone(trained):
+    from debiaspl.analysis.evaluate_run import mc_dropout_scores
+    from debiaspl.analysis.inference import predict_logits
+    run = load_run(trained, device="cpu")
+    images = run.data.test.images[:64]
+    plain = predict_logits(run.model, images, run.mean, run.std, 32, run.device)
+    modes = []
+    handles = [m.register_forward_pre_hook(lambda module, _: modes.append((type(module).__name__, module.training)))
+               for m in run.model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.Dropout))]
+    rng = torch.get_rng_state()
+    scores = mc_dropout_scores(run, images, 4, 32, seed=0)
+    for handle in handles:
+        handle.remove()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert {mode for name, mode in modes if name == "BatchNorm2d"} == {False}
+    assert {mode for name, mode in modes if name == "Dropout"} == {True}
+    assert (scores["mutual_information"] > 0).any()
+    assert torch.equal(predict_logits(run.model, images, run.mean, run.std, 32, run.device), plain)
+
+
+def test_influence_restores_the_runs_weights(trained):
+    from debiaspl.analysis.inference import predict_logits
+    run = load_run(trained, device="cpu")
+    before = predict_logits(run.model, run.data.test.images[:32], run.mean, run.std, 32, run.device)
+    self_influence(run, write=False)
+    assert torch.equal(predict_logits(run.model, run.data.test.images[:32], run.mean, run.std, 32, run.device), before)
 
 
 def test_selection_goes_back_into_the_next_experiment(trained, tmp_path):
@@ -127,6 +177,25 @@ def test_label_file_flips_a_labeled_sample_and_reports_mistakes(tmp_path):
             prepare_data(DataConfig(**DIGITS, label_file=str(path)))
     with pytest.raises(UserError, match="cannot read it"):
         prepare_data(DataConfig(**DIGITS, label_file=str(tmp_path / "missing.csv")))
+    path.write_text(f"sample_id,label\n{victim},7\n{victim},3\n")
+    with pytest.raises(UserError, match="listed on lines 2 and 3"):
+        prepare_data(DataConfig(**DIGITS, label_file=str(path)))
+    # a spreadsheet's byte-order mark and padded cells are fine
+    path.write_bytes(f"\ufeffsample_id,label\n {victim} , 7 \n".encode("utf-8"))
+    flipped = prepare_data(DataConfig(**DIGITS, label_file=str(path)))
+    assert int(flipped.labeled.labels[flipped.labeled.sample_ids.index(victim)]) == 7
+
+
+def test_a_run_keeps_the_label_file_it_trained_on(tmp_path):
+    from conftest import tiny_config
+    data = prepare_data(DataConfig(**DIGITS))
+    path = tmp_path / "labels.csv"
+    path.write_text(f"sample_id,label\n{data.unlabeled.sample_ids[0]},3\n")
+    config = tiny_config(tmp_path / "runs", train={"steps": 2}, data={"label_file": str(path)})
+    train_run(config)
+    path.write_text(f"sample_id,label\n{data.unlabeled.sample_ids[0]},3\n{data.unlabeled.sample_ids[1]},4\n")
+    run = load_run(run_folder(config), device="cpu")  # rebuilt from the run folder's copy, not the edited file
+    assert len(run.data.labeled.labels) == len(data.labeled.labels) + 1
 
 
 def test_offline_mistakes_are_one_line_errors(trained, tmp_path):
@@ -140,7 +209,10 @@ def test_offline_mistakes_are_one_line_errors(trained, tmp_path):
              (("eval", folder, "--mc-dropout", 2), "needs a model trained with dropout"),
              (("eval", folder, "--ood", "svhn:/x"), "expected imagefolder:PATH"),
              (("eval", folder, "--ood-classes", "cat"), "is not a class of this run"),
-             (("select", folder, "--strategy", "margin", "--k", 100000), "the unlabeled pool has"),
+             (("select", folder, "--strategy", "margin", "--k", 100000), "must be between 1 and the unlabeled pool's"),
+             (("eval", folder, "--ood-classes", ",".join(map(str, range(10)))), "names every class"),
+             (("eval", folder, "--batch-size", 0), "must be at least 1"),
+             (("eval", trained, "--mc-dropout", 1), "needs at least 2 passes"),
              (("eval", tmp_path), "is not a run folder")]
     for args, message in cases:
         proc = debiaspl(*args)

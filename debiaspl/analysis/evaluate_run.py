@@ -1,13 +1,14 @@
 """`debiaspl eval`: test metrics, calibration, MC Dropout uncertainty and OOD detection of a run.
 
-Writes into `<run>/eval/`: metrics.json, predictions.csv (per test image), reliability.png, and
-with OOD data ood.json and ood_<name>.png.
+Writes into `<run>/eval/`: metrics.json (with an "ood" section when asked), predictions.csv (per
+test image), reliability.png, and ood_<name>.png per out-of-distribution set.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from debiaspl.analysis.inference import predict_logits
@@ -18,7 +19,7 @@ from debiaspl.analysis.plots import reliability_diagram_figure, save_figure
 from debiaspl.analysis.tables import write_csv
 from debiaspl.analysis.predictive import MCDropoutAccumulator, brier_score, negative_log_likelihood
 from debiaspl.analysis.uncertainty import (calibration_update, expected_calibration_error, normalized_entropy)
-from debiaspl.data.datasets import ImageSet, load_source
+from debiaspl.data.datasets import IMAGE_SUFFIXES, ImageSet, load_source
 from debiaspl.errors import UserError
 from debiaspl.run_folder import write_json
 
@@ -37,11 +38,15 @@ def evaluate_run(run: LoadedRun, *, mc_passes: int = 0, ood_specs: tuple[str, ..
     in_set, out_sets = test, {}
     if ood_classes:
         held_out = _class_indices(ood_classes, run.data.class_names)
+        if len(set(held_out)) == run.data.num_classes:
+            raise UserError("--ood-classes names every class: leave some as in-distribution")
         is_out = torch.isin(test.labels, torch.tensor(held_out))
         in_set = _subset(test, ~is_out)
         out_sets["classes_" + "_".join(run.data.class_names[c] for c in held_out)] = _subset(test, is_out)
     for spec in ood_specs:
         name, images = _load_ood(spec, run)
+        if name in out_sets:  # two folders with the same name: keep both
+            name = f"{name}_{len(out_sets) + 1}"
         out_sets[name] = ImageSet(images, torch.full((len(images),), -1), [f"{name}/{i}" for i in range(len(images))])
 
     logits = _logits(run, test.images, batch_size)
@@ -112,16 +117,38 @@ def mc_dropout_scores(run: LoadedRun, images: torch.Tensor, passes: int, batch_s
 
 
 def _load_ood(spec: str, run: LoadedRun) -> tuple[str, torch.Tensor]:
-    """'imagefolder:PATH', 'cifar10:ROOT', 'cifar100:ROOT' or 'digits' -> (name, test images)."""
+    """'imagefolder:PATH' (every image below PATH), 'cifar10:ROOT', 'cifar100:ROOT' or 'digits' -> (name, images)."""
     kind, _, root = spec.partition(":")
     if kind not in ("imagefolder", "cifar10", "cifar100", "digits") or (kind != "digits" and not root):
         raise UserError(f"--ood {spec!r}: expected imagefolder:PATH, cifar10:ROOT, cifar100:ROOT or digits")
-    images = load_source(kind, root, download=False).test.images
-    if images.shape[1:] != run.data.test.images.shape[1:]:
+    shape = tuple(run.data.test.images.shape[1:])
+    if kind == "imagefolder":
+        images = _read_images(Path(root), channels=shape[0])
+    else:
+        images = load_source(kind, root, download=False).test.images
+    if tuple(images.shape[1:]) != shape:
         raise UserError(f"--ood {spec!r}: its images are {tuple(images.shape[1:])} (channels, height, width) but the "
-                        f"run was trained on {tuple(run.data.test.images.shape[1:])}")
+                        f"run was trained on {shape}; resize them first")
     name = Path(root).name if kind == "imagefolder" else kind
     return name or kind, images
+
+
+def _read_images(folder: Path, channels: int) -> torch.Tensor:
+    """Every image below `folder` (flat or in sub-folders), as the run's channel count, [N, C, H, W] uint8."""
+    from PIL import Image
+
+    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"--ood imagefolder:{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) below it")
+    images = []
+    for path in files:
+        with Image.open(path) as image:
+            array = torch.from_numpy(np.array(image.convert("L" if channels == 1 else "RGB")))
+        images.append(array[None] if channels == 1 else array.permute(2, 0, 1))
+    sizes = {tuple(image.shape) for image in images}
+    if len(sizes) > 1:
+        raise UserError(f"--ood imagefolder:{folder}: its images have different sizes {sorted(sizes)[:3]}; resize them first")
+    return torch.stack(images)
 
 
 def _class_indices(names: tuple[str, ...], class_names: list[str]) -> list[int]:

@@ -29,7 +29,8 @@ def self_influence(run: LoadedRun, *, split: str = "labeled", layers: tuple[str,
 
     split "labeled": the training labels; "unlabeled": the model's own prediction at each snapshot
     (self-influence under the pseudo-label). Returns last_layer [N], full_gradient [N] when `layers`
-    names parameter prefixes, loss [N] at the last snapshot, and writes influence/<split>.csv.
+    names parameter prefixes, loss [N] under the run's own (EMA) weights, and writes
+    influence/self_influence_<split>.csv. The run's weights are restored afterwards.
     """
     snapshots = list_snapshots(run.run_dir)
     if not snapshots:
@@ -39,16 +40,23 @@ def self_influence(run: LoadedRun, *, split: str = "labeled", layers: tuple[str,
     selected = _parameter_names(run.model, layers) if layers else []
     total = torch.zeros(len(images.labels), dtype=torch.float64)
     full = torch.zeros(len(images.labels), dtype=torch.float64)
-    for path in snapshots:
-        step, lr, weights = load_snapshot(path)
-        run.load_weights(weights)
-        logits, features = predict_logits(run.model, images.images, run.mean, run.std, batch_size, run.device,
-                                          with_features=True)
-        probs = torch.softmax(logits, dim=1)
-        labels = images.labels if split == "labeled" else probs.argmax(dim=1)
-        total += last_layer_self_influence(probs, labels, features, lr)
-        if selected:
-            full += lr * _gradient_norms(run, images.images, labels, selected, batch_size)
+    own_weights = {key: value.clone() for key, value in run.model.state_dict().items()}
+    try:
+        for path in snapshots:
+            step, lr, weights = load_snapshot(path)
+            run.load_weights(weights)
+            logits, features = predict_logits(run.model, images.images, run.mean, run.std, batch_size, run.device,
+                                              with_features=True)
+            probs = torch.softmax(logits, dim=1)
+            labels = images.labels if split == "labeled" else probs.argmax(dim=1)
+            total += last_layer_self_influence(probs, labels, features, lr)
+            if selected:
+                full += lr * _gradient_norms(run, images.images, labels, selected, batch_size)
+    finally:
+        run.load_weights(own_weights)  # the run's own (EMA) weights again, for whatever the caller does next
+    logits = predict_logits(run.model, images.images, run.mean, run.std, batch_size, run.device)
+    if split == "unlabeled":
+        labels = logits.argmax(dim=1)
     result = {"last_layer": total, "loss": F.cross_entropy(logits, labels, reduction="none").double()}
     if selected:
         result["full_gradient"] = full

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,7 +15,8 @@ from debiaspl.data.prepare import TrainingData, prepare_data
 from debiaspl.device import resolve_device
 from debiaspl.errors import UserError
 from debiaspl.models import build_model
-from debiaspl.run_folder import CHECKPOINT_NAME, load_checkpoint, load_run_checkpoint, require_run_folder
+from debiaspl.run_folder import (CHECKPOINT_NAME, LABEL_FILE_COPY, RUN_INFO_NAME, load_checkpoint, load_run_checkpoint,
+                                 require_run_folder)
 
 
 @dataclass
@@ -47,15 +49,34 @@ def load_run(run_dir: Path, weights: Literal["ema", "model"] = "ema", device: st
     """
     run_dir = require_run_folder(Path(run_dir))
     state, config = load_run_checkpoint(run_dir / CHECKPOINT_NAME)
+    config = replace_dotted(config, "data.download", False)  # the data was there when the run trained
     if data_root is not None:
         config = replace_dotted(config, "data.root", data_root)
+    if config.data.label_file and (run_dir / LABEL_FILE_COPY).is_file():
+        config = replace_dotted(config, "data.label_file", str(run_dir / LABEL_FILE_COPY))
     resolved = resolve_device(device)
-    data = prepare_data(config.data)
+    try:
+        data = prepare_data(config.data)
+    except UserError as exc:
+        raise UserError(f"{exc} (if the data moved since training, pass --data-root)") from None
+    _check_same_data(data, run_dir)
     model = build_model(config.model.name, data.num_classes, data.image_shape[0], config.model.dropout).to(resolved)
     model.load_state_dict(state["ema" if weights == "ema" else "model"])
     model.eval()
     return LoadedRun(run_dir, config, data, model, state["class_marginal"].float(), int(state["step"]), resolved,
                      torch.tensor(data.mean, device=resolved), torch.tensor(data.std, device=resolved))
+
+
+def _check_same_data(data: TrainingData, run_dir: Path) -> None:
+    """The rebuilt split must be the one the run trained on (run_info.json), or every result is off."""
+    info_path = run_dir / RUN_INFO_NAME
+    if not info_path.is_file():
+        return
+    info = json.loads(info_path.read_text())
+    for key in ("class_names", "labeled_counts", "unlabeled_counts"):
+        if key in info and info[key] != data.summary()[key]:
+            raise UserError(f"{run_dir}: the data rebuilt now differs from what the run trained on ({key}: "
+                            f"{info[key]} then, {data.summary()[key]} now); point --data-root at the same data")
 
 
 def load_snapshot(path: Path) -> tuple[int, float, dict]:

@@ -28,7 +28,7 @@ def select_samples(run: LoadedRun, strategy: str, k: int, *, balance: bool = Fal
     """Write the selection CSV and return its path. `oracle` fills `label` with the hidden truth (simulations)."""
     pool = run.data.unlabeled
     if not 0 < k <= len(pool.labels):
-        raise UserError(f"--k {k}: the unlabeled pool has {len(pool.labels)} images")
+        raise UserError(f"--k {k}: must be between 1 and the unlabeled pool's {len(pool.labels)} images")
     probs = torch.softmax(predict_logits(run.model, pool.images, run.mean, run.std, batch_size, run.device), dim=1)
     inputs = {"probs": probs}
     if strategy == "bald":
@@ -43,10 +43,13 @@ def select_samples(run: LoadedRun, strategy: str, k: int, *, balance: bool = Fal
         inputs["generator"] = torch.Generator().manual_seed(seed)
     scores = acquisition_scores(strategy, **inputs)
     predicted = probs.argmax(dim=1)
-    if balance:
-        chosen = select_class_balanced(scores, predicted, inverse_marginal_weights(run.class_marginal), k)
-    else:
-        chosen = select_top_k(scores, k)
+    try:
+        if balance:
+            chosen = select_class_balanced(scores, predicted, inverse_marginal_weights(run.class_marginal), k)
+        else:
+            chosen = select_top_k(scores, k)
+    except ValueError as exc:  # e.g. fewer than k images with a score (a cartography map of a short run)
+        raise UserError(f"--strategy {strategy} --k {k}: {exc}") from None
     names = run.data.class_names
     columns = {
         "rank": list(range(1, len(chosen) + 1)),
@@ -64,8 +67,8 @@ def _cartography_variability(run: LoadedRun) -> torch.Tensor:
     """Variability of each unlabeled image from the cartography hook's td_metrics.jsonl."""
     path = run.run_dir / "cartography" / "unlabeled" / "td_metrics.jsonl"
     if not path.is_file():
-        raise UserError(f"--strategy ambiguity reads {path}: train with the cartography hook on "
-                        f"(hooks: [{{name: cartography}}])")
+        raise UserError(f"--strategy ambiguity reads {path}, which is not there: train with the cartography hook "
+                        f"on (hooks: [{{name: cartography}}]); its maps appear after the first complete epoch")
     variability = {row["guid"]: row["variability"] for row in map(json.loads, path.read_text().splitlines())}
     return torch.tensor([variability.get(sample_id) if variability.get(sample_id) is not None else float("nan")
                          for sample_id in run.data.unlabeled.sample_ids], dtype=torch.float64)

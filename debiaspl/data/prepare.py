@@ -97,23 +97,27 @@ def apply_label_file(path: Path, pool_ids: list[str], class_names: list[str], id
 def read_label_file(path: Path, class_names: list[str]) -> dict[str, int]:
     """sample_id -> class index from a CSV with a header naming `sample_id` and `label` columns."""
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets often write a BOM
             rows = list(csv.DictReader(handle))
     except OSError as exc:
         raise UserError(f"data.label_file = {str(path)!r}: cannot read it: {exc.strerror}") from None
     if rows and not {"sample_id", "label"} <= set(rows[0]):
         raise UserError(f"data.label_file {path}: needs a header with columns sample_id and label")
     index_of = {name: index for index, name in enumerate(class_names)}
-    labels = {}
+    labels, line_of = {}, {}
     for line, row in enumerate(rows, start=2):
-        text = (row["label"] or "").strip()
+        sample_id, text = (row["sample_id"] or "").strip(), (row["label"] or "").strip()
+        if sample_id in line_of:
+            raise UserError(f"data.label_file {path}: sample {sample_id!r} is listed on lines {line_of[sample_id]} "
+                            f"and {line}; keep one")
+        line_of[sample_id] = line
         if text in index_of:
-            labels[row["sample_id"]] = index_of[text]
-        elif text.isdigit() and int(text) < len(class_names):
-            labels[row["sample_id"]] = int(text)
+            labels[sample_id] = index_of[text]
+        elif text.isdecimal() and int(text) < len(class_names):
+            labels[sample_id] = int(text)
         else:
             why = "no label" if not text else f"label {text!r} is neither a class name nor an index below {len(class_names)}"
-            raise UserError(f"data.label_file {path} line {line}: sample {row['sample_id']!r} has {why}; "
+            raise UserError(f"data.label_file {path} line {line}: sample {sample_id!r} has {why}; "
                             f"fill in the label column or delete the row")
     return labels
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from debiaspl.config import ExperimentConfig, from_dict, save_config, to_dict
+from debiaspl.config import ExperimentConfig, from_dict, replace_dotted, save_config, to_dict
 from debiaspl.data.datasets import check_source_available
 from debiaspl.data.prepare import prepare_data
 from debiaspl.device import resolve_device
@@ -17,8 +18,8 @@ from debiaspl.engine.distributed import Distributed
 from debiaspl.engine.run_log import NullLog, RunLog
 from debiaspl.engine.trainer import Trainer
 from debiaspl.errors import UserError
-from debiaspl.run_folder import (CHECKPOINT_NAME, CONFIG_NAME, RESULTS_NAME, RUN_INFO_NAME, load_run_checkpoint,
-                                 write_json)
+from debiaspl.run_folder import (CHECKPOINT_NAME, CONFIG_NAME, LABEL_FILE_COPY, RESULTS_NAME, RUN_INFO_NAME,
+                                 load_run_checkpoint, write_json)
 
 
 # Keys that change where and how a run reports, never its trained weights: they may differ on resume.
@@ -27,6 +28,7 @@ RESUME_SAFE_KEYS = frozenset({
     "train.compile", "eval.batch_size",
     "eval.interval", "eval.use_ema", "logging.run_dir", "logging.run_name", "logging.log_interval",
     "logging.checkpoint_interval", "logging.progress_bar", "hooks",
+    "data.label_file",  # a resumed run uses the run folder's copy of the file it started with
 })
 
 
@@ -61,6 +63,10 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
             say(f"{run_dir}: already finished at step {state['step']}; results in {run_dir / RESULTS_NAME}")
             return json.loads((run_dir / RESULTS_NAME).read_text())
         say(f"{run_dir}: resuming from step {state['step']} of {config.train.steps}")
+    label_copy = run_dir / LABEL_FILE_COPY
+    if state is not None and config.data.label_file and label_copy.is_file():
+        # resume on the labels the run started with, even if the file has been edited since
+        config = replace_dotted(config, "data.label_file", str(label_copy))
     device = resolve_device(config.train.device)
     if distributed.enabled and device.type == "cuda":
         device = torch.device("cuda", distributed.local_rank)
@@ -73,6 +79,8 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
         try:  # the folder is made only once the data loaded, so a mistake there leaves nothing behind
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, run_dir / CONFIG_NAME)
+            if config.data.label_file and state is None:
+                shutil.copyfile(config.data.label_file, label_copy)
         except OSError as exc:
             raise UserError(f"cannot write the run folder {run_dir} (logging.run_dir / logging.run_name): {exc}") from None
         write_json(run_dir / RUN_INFO_NAME, {**data.summary(), "device": str(device),

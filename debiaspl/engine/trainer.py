@@ -144,8 +144,9 @@ class Trainer:
             if not self.dist.is_main:
                 continue  # the other processes only train
             if cfg.logging.snapshot_interval and (self.step % cfg.logging.snapshot_interval == 0 or is_last):
-                # TracIn sums over these with the learning rate in force at each (Pruthi et al. 2020).
-                save_checkpoint({"step": self.step, "lr": self.scheduler.get_last_lr()[0],
+                # TracIn sums over these with the learning rate of the step that produced each (Pruthi et al.
+                # 2020), as the online influence hook does.
+                save_checkpoint({"step": self.step, "lr": lr,
                                  "model": self.model.state_dict()}, snapshot_path(run_dir, self.step))
             if self.step % cfg.logging.checkpoint_interval == 0 or self.step == end_step:
                 if self.step == end_step:  # hooks write their final summaries into the last checkpoint's state
