@@ -111,8 +111,9 @@ def test_balanced_selection_spreads_over_classes(trained):
     rows = read_csv(out)
     assert len(rows) == 20 and all(row["label"] == "" for row in rows)
     run = load_run(trained, device="cpu")
+    from debiaspl.algorithm import debias_logits
     logits = predict_logits(run.model, run.data.unlabeled.images, run.mean, run.std, 256, run.device)
-    pool_sizes = torch.bincount(logits.argmax(1), minlength=10)
+    pool_sizes = torch.bincount(debias_logits(logits, run.class_marginal, run.tau).argmax(1), minlength=10)
     quotas = class_quotas(pool_sizes, inverse_marginal_weights(run.class_marginal), 20)
     counts = [sum(row["predicted"] == name for row in rows) for name in run.data.class_names]
     assert counts == [int(q) for q in quotas]
@@ -136,6 +137,26 @@ def test_mc_dropout_samples_dropout_only_and_leaves_the_rng_alone(trained):
     assert {mode for name, mode in modes if name == "Dropout"} == {True}
     assert (scores["mutual_information"] > 0).any()
     assert torch.equal(predict_logits(run.model, images, run.mean, run.std, 32, run.device), plain)
+
+
+def test_unlabeled_self_influence_uses_the_debiased_pseudo_label(trained):
+    from debiaspl.analysis.inference import predict_logits
+    from debiaspl.analysis.influence import last_layer_self_influence
+    from debiaspl.analysis.load_run import load_snapshot
+    from debiaspl.run_folder import list_snapshots
+    run = load_run(trained, device="cpu")
+    assert run.tau == 0.4
+    result = self_influence(run, split="unlabeled", write=False)
+    expected = torch.zeros(len(run.data.unlabeled.labels), dtype=torch.float64)
+    for path in list_snapshots(trained):
+        snapshot = load_snapshot(path)
+        run.load_weights(snapshot["model"])
+        logits, features = predict_logits(run.model, run.data.unlabeled.images, run.mean, run.std, 256, run.device,
+                                          with_features=True)
+        log_q = snapshot["class_marginal"].log()
+        labels = (logits - 0.4 * log_q).argmax(1)
+        expected += last_layer_self_influence(torch.softmax(logits + 0.4 * log_q, 1), labels, features, snapshot["lr"])
+    assert torch.allclose(result["last_layer"], expected)
 
 
 def test_influence_restores_the_runs_weights(trained):

@@ -79,9 +79,10 @@ def _check_same_data(data: TrainingData, run_dir: Path) -> None:
                             f"{info[key]} then, {data.summary()[key]} now); point --data-root at the same data")
 
 
-def load_snapshot(path: Path) -> tuple[int, float, dict]:
-    """(step, learning rate, model weights) of a snapshots/step_*.pt file."""
+def load_snapshot(path: Path) -> dict:
+    """A snapshots/step_*.pt file: step, lr (of the step that produced it), model weights, class_marginal."""
     state = load_checkpoint(path)
-    if not isinstance(state, dict) or not {"step", "lr", "model"} <= set(state):
-        raise UserError(f"{path} is not a debiaspl snapshot (expected step, lr and model)")
-    return int(state["step"]), float(state["lr"]), state["model"]
+    if not isinstance(state, dict) or not {"step", "lr", "model", "class_marginal"} <= set(state):
+        raise UserError(f"{path} is not a debiaspl snapshot (expected step, lr, model and class_marginal)")
+    return state
+

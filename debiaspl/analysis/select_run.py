@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from debiaspl.algorithm import debias_logits
 from debiaspl.analysis.evaluate_run import mc_dropout_scores
 from debiaspl.analysis.inference import predict_logits
 from debiaspl.analysis.influence_run import self_influence
@@ -29,7 +30,8 @@ def select_samples(run: LoadedRun, strategy: str, k: int, *, balance: bool = Fal
     pool = run.data.unlabeled
     if not 0 < k <= len(pool.labels):
         raise UserError(f"--k {k}: must be between 1 and the unlabeled pool's {len(pool.labels)} images")
-    probs = torch.softmax(predict_logits(run.model, pool.images, run.mean, run.std, batch_size, run.device), dim=1)
+    logits = predict_logits(run.model, pool.images, run.mean, run.std, batch_size, run.device)
+    probs = torch.softmax(logits, dim=1)
     inputs = {"probs": probs}
     if strategy == "bald":
         if run.config.model.dropout == 0:
@@ -42,7 +44,7 @@ def select_samples(run: LoadedRun, strategy: str, k: int, *, balance: bool = Fal
     elif strategy == "random":
         inputs["generator"] = torch.Generator().manual_seed(seed)
     scores = acquisition_scores(strategy, **inputs)
-    predicted = probs.argmax(dim=1)
+    predicted = debias_logits(logits, run.class_marginal, run.tau).argmax(dim=1)  # the run's pseudo-label
     try:
         if balance:
             chosen = select_class_balanced(scores, predicted, inverse_marginal_weights(run.class_marginal), k)

@@ -146,7 +146,7 @@ class Trainer:
             if cfg.logging.snapshot_interval and (self.step % cfg.logging.snapshot_interval == 0 or is_last):
                 # TracIn sums over these with the learning rate of the step that produced each (Pruthi et al.
                 # 2020), as the online influence hook does.
-                save_checkpoint({"step": self.step, "lr": lr,
+                save_checkpoint({"step": self.step, "lr": lr, "class_marginal": self.class_marginal.cpu(),
                                  "model": self.model.state_dict()}, snapshot_path(run_dir, self.step))
             if self.step % cfg.logging.checkpoint_interval == 0 or self.step == end_step:
                 if self.step == end_step:  # hooks write their final summaries into the last checkpoint's state
