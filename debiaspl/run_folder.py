@@ -74,11 +74,17 @@ def list_snapshots(run_dir: Path) -> list[Path]:
     return sorted((run_dir / SNAPSHOT_FOLDER).glob("step_*.pt"))
 
 
-def write_json(path: Path, payload: dict) -> None:
-    """Atomically (temporary file + rename), so a crash never leaves half a file; NaN and inf become null."""
+def write_text(path: Path, text: str) -> None:
+    """Atomically (temporary file + rename), so a crash never leaves half a file; makes the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Atomically; NaN and inf become null."""
+    write_text(path, json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n")
 
 
 def _finite(value):

@@ -1,6 +1,5 @@
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -198,7 +197,7 @@ def read_td_metrics(path):
 
 @pytest.mark.parametrize("pause", [None, 1, 2])
 def test_cartography_metrics_by_hand(tmp_path, pause):
-    ctx = run_cartography(tmp_path, pause)
+    run_cartography(tmp_path, pause)
     rows = read_td_metrics(tmp_path / "cartography/labeled/td_metrics.jsonl")
     for i, probs in TARGET.items():
         row = rows[f"lb{i}"]

@@ -74,16 +74,21 @@ def evaluate_run(run: LoadedRun, *, mc_passes: int = 0, ood_specs: tuple[str, ..
                                  mc["test"].items() if value.dim() == 1 and value.is_floating_point()}}
     write_csv(out / "predictions.csv", columns)
     if out_sets:
-        metrics["ood"] = _ood(run, in_set, out_sets, logits if in_set is test else None, mc_passes, batch_size, seed, out)
+        # the whole test set is the in-distribution set unless --ood-classes split it: reuse its passes then
+        reused = (logits, mc["test"]["mutual_information"] if mc else None) if in_set is test else None
+        metrics["ood"] = _ood(run, in_set, out_sets, reused, mc_passes, batch_size, seed, out)
     write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def _ood(run: LoadedRun, in_set: ImageSet, out_sets: dict[str, ImageSet], in_logits, mc_passes: int,
+def _ood(run: LoadedRun, in_set: ImageSet, out_sets: dict[str, ImageSet], reused, mc_passes: int,
          batch_size: int, seed: int, out: Path) -> dict:
-    if in_logits is None:
+    if reused is not None:
+        in_logits, in_mi = reused
+    else:
         in_logits = _logits(run, in_set.images, batch_size)
-    in_mi = mc_dropout_scores(run, in_set.images, mc_passes, batch_size, seed)["mutual_information"] if mc_passes else None
+        in_mi = (mc_dropout_scores(run, in_set.images, mc_passes, batch_size, seed)["mutual_information"]
+                 if mc_passes else None)
     scores_in = ood_scores(in_logits, in_mi)
     report = {}
     for name, images in out_sets.items():

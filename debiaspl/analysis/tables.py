@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
+
+from debiaspl.run_folder import write_text
 
 
 def write_csv(path: Path, columns: dict[str, list]) -> None:
@@ -15,7 +16,4 @@ def write_csv(path: Path, columns: dict[str, list]) -> None:
     writer.writerow(columns)
     for row in zip(*columns.values()):
         writer.writerow([f"{value:.6g}" if isinstance(value, float) else value for value in row])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    write_text(path, buffer.getvalue())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from debiaspl.config import ExperimentConfig, from_dict, replace_dotted, save_config, to_dict
+from debiaspl.config import ExperimentConfig, replace_dotted, save_config, to_dict
 from debiaspl.data.datasets import check_source_available
 from debiaspl.data.prepare import prepare_data
 from debiaspl.device import resolve_device

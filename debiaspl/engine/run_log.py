@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
 from debiaspl.analysis.plots import save_figure
+from debiaspl.run_folder import write_text
 
 
 class RunLog:
@@ -73,9 +73,7 @@ class NullLog:
 
 def _truncate_after(path: Path, step: int) -> None:
     kept = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _step_of(line: str) -> float:

@@ -12,7 +12,6 @@ samples; optionally allenai's per-epoch training_dynamics files.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from debiaspl.analysis.tables import write_csv
 from debiaspl.config import option
 from debiaspl.data.loaders import stream_epoch_segments
 from debiaspl.hooks.base import Hook, RunContext, StepRecord
+from debiaspl.run_folder import write_text
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class _AllenaiExport:
         rows = zip(self.ids, self.logits.cpu().tolist(), self.gold.cpu().tolist())
         lines = "".join(json.dumps({"guid": guid, f"logits_epoch_{epoch}": row, "gold": gold}) + "\n"
                         for guid, row, gold in rows)
-        _write_text(self.folder / f"dynamics_epoch_{epoch}.jsonl", lines)
+        write_text(self.folder / f"dynamics_epoch_{epoch}.jsonl", lines)
 
     def state(self) -> dict:
         return {"logits": self.logits.cpu()}
@@ -217,7 +217,7 @@ class CartographyHook(Hook):
             else:
                 save_figure(figure, folder / "data_map.png")
             records = td_metrics_records(dynamics.ids, metrics)
-            _write_text(folder / "td_metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+            write_text(folder / "td_metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
             changes = dynamics.changes.cpu() if dynamics.changes is not None else None
             for region in ("ambiguous", "hard-to-learn"):
                 order = top_k(region, metrics, self.options.top_k)
@@ -252,10 +252,3 @@ class CartographyHook(Hook):
 
     def on_load_checkpoint(self, state: dict) -> None:
         self._pending_state = state  # the arrays are allocated once the run's sizes are known
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
