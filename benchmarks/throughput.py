@@ -4,6 +4,8 @@ Runs the real trainer for --warmup steps, then times --steps more with every pha
 its own section (data and augmentation, forward, backward, optimizer, hooks, logging), and
 compares with the model-only time: the same train_step (forward, losses, backward, optimizer,
 EMA) repeated on one pre-built batch, the floor this machine allows for this model and batch.
+The floor is timed once before and once after the training steps and averaged, so a shared
+machine's drift in speed over the run weighs on both sides of the ratio alike.
 No evaluation or checkpoint falls inside the timed steps.
 
     python benchmarks/throughput.py experiments/cifar10lt_cpu_debiaspl.yaml \
@@ -64,17 +66,20 @@ def main() -> None:
     trainer = Trainer(config, data, device, timer=timer)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    floor_steps = max(10, args.steps // 2)
     with tempfile.TemporaryDirectory() as folder:
         log = RunLog(Path(folder), resume_step=0)
         trainer.fit(log, Path(folder), until_step=args.warmup)
+        floor_before = model_only_seconds(trainer, floor_steps)
         timer.reset()
         start = time.perf_counter()
-        trainer.fit(log, Path(folder), until_step=args.warmup + args.steps)
+        trainer.fit(log, Path(folder), until_step=trainer.step + args.steps)  # the floor advanced the step
         wall = time.perf_counter() - start
         log.close()
     sections = {name: timer.seconds.get(name, 0.0) / args.steps for name in SECTIONS}
     step_seconds = sum(sections.values())
-    floor = model_only_seconds(trainer, max(10, args.steps // 2))
+    floor_after = model_only_seconds(trainer, floor_steps)
+    floor = (floor_before + floor_after) / 2
     images_per_step = config.train.batch_size * (1 + 2 * config.train.unlabeled_ratio)
     result = {
         "experiment": str(args.experiment), "overrides": args.overrides, "device": str(device),
@@ -84,7 +89,8 @@ def main() -> None:
         "steps": args.steps, "step_seconds": step_seconds, "wall_seconds_per_step": wall / args.steps,
         "steps_per_second": 1 / step_seconds, "images_per_second": images_per_step / step_seconds,
         "section_seconds": sections, "section_fraction": {k: v / step_seconds for k, v in sections.items()},
-        "model_only_seconds": floor, "step_over_floor": step_seconds / floor,
+        "model_only_seconds": floor, "model_only_seconds_before_after": [floor_before, floor_after],
+        "step_over_floor": step_seconds / floor,
         "peak_memory_mib": (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda"
                             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "peak_memory_kind": "CUDA allocated" if device.type == "cuda" else "process max RSS",
@@ -94,7 +100,8 @@ def main() -> None:
           f"{result['images_per_second']:.0f} images/s   (wall {1000 * wall / args.steps:.1f} ms/step)")
     for name, seconds in sections.items():
         print(f"  {name:10s} {1000 * seconds:8.1f} ms  {100 * seconds / step_seconds:5.1f}%")
-    print(f"  model-only floor {1000 * floor:.1f} ms: the step costs {result['step_over_floor']:.2f}x the floor; "
+    print(f"  model-only floor {1000 * floor:.1f} ms (before {1000 * floor_before:.1f}, after "
+          f"{1000 * floor_after:.1f}): the step costs {result['step_over_floor']:.2f}x the floor; "
           f"peak memory {result['peak_memory_mib']:.0f} MiB ({result['peak_memory_kind']})")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -27,6 +27,38 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--until-step", type=int, metavar="STEP",
                        help="pause after this step (checkpointed); the same command continues later")
 
+    sweep = verbs.add_parser("sweep", help="train a grid of runs (settings x seeds) one after another; "
+                                           "finished runs are skipped, stopped ones resume")
+    sweep.add_argument("experiment", type=Path, help="the experiment YAML file every run starts from")
+    sweep.add_argument("--seeds", metavar="LIST", help="train.seed values: 0,1,2 or 0-2 (default: the file's seed)")
+    sweep.add_argument("--set-grid", dest="grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="one grid axis, e.g. --set-grid algorithm.name=fixmatch,debiaspl (repeatable: "
+                            "the runs are every combination)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value in every run (repeatable)")
+    sweep.add_argument("--until-step", type=int, metavar="STEP",
+                       help="pause every run after this step; the same command continues them later")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state, train nothing")
+
+    report = verbs.add_parser("report", help="tables (mean +/- std over seeds) and learning curves of finished runs")
+    report.add_argument("runs", nargs="+", type=Path, help="run folders, or folders that hold them (searched below)")
+    report.add_argument("--last", type=int, default=20, help="the median statistic takes the last this many evaluations")
+    report.add_argument("--out", type=Path, help="where report.md, report.csv, runs.csv and curves.png go "
+                                                 "(default: FIRST_RUNS_FOLDER/report)")
+
+    zero_shot = verbs.add_parser("debias-logits", help="zero-shot DebiasPL: debias the pseudo-labels of a fixed "
+                                                      "model from its saved logits")
+    zero_shot.add_argument("logits", type=Path, help="a .npy array of logits [N, C] (read memory-mapped, batch by batch)")
+    zero_shot.add_argument("--tau", type=float, default=0.4, help="strength of the debiasing (0: the plain argmax)")
+    zero_shot.add_argument("--momentum", type=float, default=0.99, help="momentum of the class-marginal estimate q_hat")
+    zero_shot.add_argument("--batch-size", type=int, default=256, help="rows per q_hat update")
+    zero_shot.add_argument("--labels", type=Path, help="a .npy array of true labels [N]: report accuracy before and after")
+    zero_shot.add_argument("--threshold", type=float, help="also report the fraction (and accuracy) with confidence >= this")
+    zero_shot.add_argument("--seed", type=int, default=0, help="seed of the random order the rows are streamed in")
+    zero_shot.add_argument("--file-order", action="store_true",
+                           help="stream the rows in file order instead (only if the file is not sorted by class)")
+    zero_shot.add_argument("--out", type=Path, help="the .npz to write (default: LOGITS.debiased.npz, with a .json summary)")
+
     show = verbs.add_parser("config", help="print the resolved config of an experiment, or the reference")
     show.add_argument("experiment", nargs="?", type=Path)
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -66,6 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "train":
             return _train(args, parser)
+        if args.verb == "sweep":
+            return _sweep(args, parser)
+        if args.verb == "debias-logits":
+            return _debias_logits(args)
+        if args.verb == "report":
+            from debiaspl.analysis.report import write_report
+
+            markdown, out = write_report(args.runs, args.out, args.last)
+            print(markdown + f"\nwritten to {out}: report.md, report.csv, runs.csv, curves.png")
+            return 0
         if args.verb in ("eval", "influence", "select"):
             return _offline(args)
         return _config(args, parser)
@@ -79,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from debiaspl.config import load_experiment
-    from debiaspl.engine.run import preflight, train_run
     from debiaspl.run_folder import CONFIG_NAME, require_run_folder
 
     if args.resume is not None:
@@ -94,17 +135,58 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         configs = [load_experiment(path, args.overrides) for path in args.experiments]
     else:
         parser.error("name at least one experiment file, or --resume RUN_DIR")
-    if args.until_step is not None and args.until_step < 1:
+    _train_all(configs, args.until_step, parser)
+    return 0
+
+
+def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from debiaspl.engine.run import run_folder, run_state
+    from debiaspl.engine.sweep import parse_grid_axis, parse_seeds, sweep_configs
+
+    axes = [parse_grid_axis(text) for text in args.grid]
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    configs = sweep_configs(args.experiment, args.overrides, axes, seeds)
+    if args.dry_run:
+        for config in configs:
+            print(f"{run_folder(config)}  {run_state(config)}")
+        return 0
+    print(f"sweep: {len(configs)} runs in {run_folder(configs[0]).parent}")
+    _train_all(configs, args.until_step, parser)
+    print(f"\ntables and learning curves: debiaspl report {run_folder(configs[0]).parent}")
+    return 0
+
+
+def _debias_logits(args: argparse.Namespace) -> int:
+    from debiaspl.analysis.debias_logits_run import debias_logits_file
+
+    summary, out = debias_logits_file(args.logits, tau=args.tau, momentum=args.momentum, batch_size=args.batch_size,
+                                      labels_path=args.labels, threshold=args.threshold,
+                                      seed=None if args.file_order else args.seed, out=args.out)
+    print(f"{summary['samples']} samples, {summary['classes']} classes, {summary['batches']} batches of "
+          f"{summary['batch_size']} ({summary['order']}), tau {summary['tau']}, momentum {summary['momentum']}")
+    for name in summary["after"]:
+        before, after = summary["before"][name], summary["after"][name]
+        print(f"  {name:26s} before {before:8.4f}   after {after:8.4f}")
+    if "note" in summary:
+        print(f"note: {summary['note']}")
+    print(f"written to {out} (pseudo_label, confidence, plain_label, plain_confidence, class_marginal) "
+          f"and {out.with_suffix('.json')}")
+    return 0
+
+
+def _train_all(configs: list, until_step: int | None, parser: argparse.ArgumentParser) -> None:
+    """Train the configs one after another, after checking all of them, and print their final metrics."""
+    from debiaspl.engine.run import preflight, run_folder, train_run
+
+    if until_step is not None and until_step < 1:
         parser.error("--until-step must be a positive step number")
-    names = [c.logging.run_name for c in configs]
-    if len(set(names)) != len(names):
-        raise UserError(f"two experiments would write to the same run folder ({', '.join(names)}); "
+    folders = [str(run_folder(c)) for c in configs]
+    if len(set(folders)) != len(folders):
+        raise UserError(f"two runs would write to the same run folder ({', '.join(folders)}); "
                         f"give them different file names or logging.run_name")
     for config in configs:  # a mistake in the last experiment should not wait for the first to train
         preflight(config)
-    results = [train_run(config, args.until_step) for config in configs]
-    _print_summary(results)
-    return 0
+    _print_summary([train_run(config, until_step) for config in configs])
 
 
 STRATEGY_CHOICES = ("least_confidence", "margin", "entropy", "bald", "random", "ambiguity", "self_influence")

@@ -21,6 +21,7 @@ from debiaspl.config import ExperimentConfig, from_dict
 from debiaspl.errors import UserError
 
 CONFIG_NAME, CHECKPOINT_NAME, RESULTS_NAME, RUN_INFO_NAME = "config.yaml", "checkpoint.pt", "results.json", "run_info.json"
+METRICS_NAME = "metrics.jsonl"
 SNAPSHOT_FOLDER = "snapshots"
 LABEL_FILE_COPY = "label_file.csv"  # data.label_file as the run trained on it (the original may change later)
 CHECKPOINT_FORMAT = 1
@@ -74,11 +75,11 @@ def list_snapshots(run_dir: Path) -> list[Path]:
     return sorted((run_dir / SNAPSHOT_FOLDER).glob("step_*.pt"))
 
 
-def write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str | bytes) -> None:
     """Atomically (temporary file + rename), so a crash never leaves half a file; makes the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(text) if isinstance(text, bytes) else tmp.write_text(text)
     os.replace(tmp, path)
 
 

@@ -14,9 +14,11 @@ from debiaspl.algorithm.debias import (add_adaptive_margin, debias_logits, unifo
 from debiaspl.algorithm.losses import masked_unlabeled_loss, supervised_loss
 from debiaspl.algorithm.pseudo_labels import PseudoLabels, make_pseudo_labels
 from debiaspl.algorithm.step import ALGORITHMS, StepResult, debiaspl_step, fixmatch_step
+from debiaspl.algorithm.zero_shot import DebiasedPredictions, debias_logit_stream
 
 __all__ = [
-    "ALGORITHMS", "PseudoLabels", "StepResult", "add_adaptive_margin", "debias_logits", "debiaspl_step",
+    "ALGORITHMS", "DebiasedPredictions", "PseudoLabels", "StepResult", "add_adaptive_margin", "debias_logit_stream",
+    "debias_logits", "debiaspl_step",
     "fixmatch_step", "make_pseudo_labels", "masked_unlabeled_loss", "supervised_loss",
     "uniform_class_marginal", "update_class_marginal",
 ]

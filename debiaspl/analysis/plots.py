@@ -170,6 +170,23 @@ def confusion_matrix_figure(confusion, class_names: list[str], title: str):
     return figure
 
 
+def learning_curves_figure(panels: dict[str, list[tuple[str, list, list, list]]]):
+    """One panel per title, one line per (label, steps, mean, std) with a band of +/- std (none where nan)."""
+    figure = _figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
+    for axes, (title, curves) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels.items()):
+        for label, steps, mean, std in curves:
+            if not len(steps):
+                continue
+            mean, std = _numpy(mean), np.nan_to_num(_numpy(std))
+            line, = axes.plot(steps, mean, label=label)
+            axes.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        axes.set_title(title)
+        axes.set_xlabel("step")
+        axes.grid(alpha=0.3)
+    figure.axes[0].legend(fontsize="small")
+    return figure
+
+
 def save_figure(figure, path) -> None:
     """Write `figure` as a PNG (dpi 100) to `path` atomically, creating its folder.
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from debiaspl.algorithm import debias_logits, make_pseudo_labels
+from debiaspl.analysis.distribution import kl_divergence
 from debiaspl.analysis.inference import predict_logits
 from debiaspl.analysis.metrics import classification_metrics, per_class_accuracy
 from debiaspl.data.datasets import ImageSet
@@ -22,17 +23,23 @@ def evaluate_pseudo_labels(model: nn.Module, unlabeled: ImageSet, class_marginal
                            device: torch.device) -> dict:
     """Pseudo-labels of the whole (un-augmented) unlabeled set against its hidden labels.
 
-    tau = 0 gives FixMatch's pseudo-labels. Returns pseudo_acc, pseudo_balanced_acc, pseudo_mask_rate
-    and pseudo_acc_masked (accuracy among the confident ones).
+    tau = 0 gives FixMatch's pseudo-labels. Returns pseudo_acc, pseudo_balanced_acc, pseudo_mask_rate,
+    pseudo_acc_masked (accuracy among the confident ones) and pseudo_kl_to_true: KL(pseudo-label class
+    histogram || true class histogram) of the unlabeled set, the bias DebiasPL removes (0 when the
+    pseudo-labels have the true class proportions, whatever their accuracy).
     """
     logits = predict_logits(model, unlabeled.images, mean, std, batch_size, device)
     pseudo = make_pseudo_labels(debias_logits(logits, class_marginal.cpu(), tau), threshold)
     correct = (pseudo.labels == unlabeled.labels).double()
     class_acc = per_class_accuracy(pseudo.labels, unlabeled.labels, logits.shape[1])
     masked = pseudo.mask.double()
+    num_classes = logits.shape[1]
+    pseudo_histogram = torch.bincount(pseudo.labels, minlength=num_classes)
+    true_histogram = torch.bincount(unlabeled.labels, minlength=num_classes)
     return {
         "pseudo_acc": correct.mean().item(),
         "pseudo_balanced_acc": class_acc[~class_acc.isnan()].mean().item(),
         "pseudo_mask_rate": masked.mean().item(),
         "pseudo_acc_masked": ((correct * masked).sum() / masked.sum()).item() if masked.sum() > 0 else float("nan"),
+        "pseudo_kl_to_true": kl_divergence(pseudo_histogram, true_histogram),
     }

@@ -36,6 +36,17 @@ def run_folder(config: ExperimentConfig) -> Path:
     return Path(config.logging.run_dir) / config.logging.run_name
 
 
+def run_state(config: ExperimentConfig) -> str:
+    """'finished', 'stopped at step S of T' or 'not started': what train_run would do with this run."""
+    checkpoint_path = run_folder(config) / CHECKPOINT_NAME
+    if not checkpoint_path.exists():
+        return "not started"
+    step = load_run_checkpoint(checkpoint_path)[0]["step"]
+    if (run_folder(config) / RESULTS_NAME).exists() and step >= config.train.steps:
+        return "finished"
+    return f"stopped at step {step} of {config.train.steps}"
+
+
 def preflight(config: ExperimentConfig) -> None:
     """Cheap checks that catch user mistakes before any run of a batch starts training."""
     resolve_device(config.train.device)

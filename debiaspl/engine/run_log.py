@@ -13,12 +13,12 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 
 from debiaspl.analysis.plots import save_figure
-from debiaspl.run_folder import write_text
+from debiaspl.run_folder import METRICS_NAME, write_text
 
 
 class RunLog:
     def __init__(self, run_dir: Path, resume_step: int):
-        self.metrics_path = run_dir / "metrics.jsonl"
+        self.metrics_path = run_dir / METRICS_NAME
         if self.metrics_path.exists():
             _truncate_after(self.metrics_path, resume_step)
         # Events at resume_step itself were written before that checkpoint and stay.

@@ -21,6 +21,7 @@ from debiaspl.algorithm import ALGORITHMS, uniform_class_marginal
 from debiaspl.config import ExperimentConfig, to_dict
 from debiaspl.data.loaders import augment_batch, to_model_input, train_loader
 from debiaspl.data.prepare import TrainingData
+from debiaspl.device import bf16_is_fast
 from debiaspl.engine.checkpoint import capture_rng_state, restore_rng_state
 from debiaspl.engine.distributed import Distributed
 from debiaspl.engine.evaluate import evaluate_model, evaluate_pseudo_labels
@@ -31,8 +32,12 @@ from debiaspl.engine.timing import StepTimer
 from debiaspl.hooks import HOOKS, RunContext, StepRecord
 from debiaspl.models import build_model
 from debiaspl.models.ema import ModelEMA
-from debiaspl.run_folder import CHECKPOINT_FORMAT, CHECKPOINT_NAME, save_checkpoint, snapshot_path
-
+from debiaspl.run_folder import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    save_checkpoint,
+    snapshot_path,
+)
 
 
 def build_step_function(config: ExperimentConfig):
@@ -49,7 +54,7 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether the forward pass runs under bf16 autocast (train.precision)."""
     if precision != "auto":
         return precision == "bf16"
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return bf16_is_fast(device)
 
 
 class Trainer:

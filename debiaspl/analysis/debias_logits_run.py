@@ -1,0 +1,108 @@
+"""`debiaspl debias-logits`: zero-shot DebiasPL over a file of precomputed logits (CLIP's, say).
+
+Reads logits.npy [N, C] memory-mapped, debiases it batch by batch (algorithm.zero_shot), writes the
+debiased pseudo-labels and confidences (and the plain argmax ones, for comparison) to an .npz, and,
+with labels given, measures both against them.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from debiaspl.algorithm.zero_shot import debias_logit_stream
+from debiaspl.analysis.distribution import imbalance_ratio, kl_divergence
+from debiaspl.analysis.metrics import per_class_accuracy
+from debiaspl.errors import UserError
+from debiaspl.run_folder import write_json, write_text
+
+
+def debias_logits_file(logits_path: Path, *, tau: float, momentum: float, batch_size: int = 256,
+                       labels_path: Path | None = None, threshold: float | None = None, seed: int | None = 0,
+                       out: Path | None = None) -> tuple[dict, Path]:
+    """Debias the logits in `logits_path`; returns (summary, path of the .npz written).
+
+    seed None streams the rows in file order; otherwise in a random order drawn with this seed.
+    """
+    if tau < 0:
+        raise UserError(f"--tau {tau}: must be >= 0")
+    if not 0 <= momentum < 1:
+        raise UserError(f"--momentum {momentum}: must be in [0, 1)")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise UserError(f"--threshold {threshold}: must be in [0, 1]")
+    logits = _load_array(logits_path, "logits")
+    if logits.ndim != 2 or logits.shape[1] < 2 or logits.shape[0] < 1 or not np.issubdtype(logits.dtype, np.number):
+        raise UserError(f"{logits_path}: expected numeric logits of shape [N, C] with C >= 2, "
+                        f"got {logits.dtype} of shape {logits.shape}")
+    num_samples, num_classes = logits.shape
+    labels = None
+    if labels_path is not None:
+        labels = _load_array(labels_path, "labels")
+        if labels.shape != (num_samples,) or not np.issubdtype(labels.dtype, np.integer):
+            raise UserError(f"{labels_path}: expected integer labels of shape [{num_samples}] to match the logits, "
+                            f"got {labels.dtype} of shape {labels.shape}")
+        labels = torch.as_tensor(np.array(labels), dtype=torch.int64)  # a copy: the map is read-only
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise UserError(f"{labels_path}: labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
+
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    debiased = debias_logit_stream(logits, tau, momentum, batch_size, generator)
+    plain = debias_logit_stream(logits, 0.0, momentum, batch_size)  # tau = 0: the model's own argmax
+    if debiased.confidence.isnan().any():
+        raise UserError(f"{logits_path}: the logits contain nan or inf")
+
+    batches = math.ceil(num_samples / batch_size)
+    summary = {"logits": str(logits_path), "samples": num_samples, "classes": num_classes, "tau": tau,
+               "momentum": momentum, "batch_size": batch_size, "batches": batches,
+               "order": "file order" if seed is None else f"random, seed {seed}",
+               "class_marginal": debiased.class_marginal.tolist(),
+               "before": _describe(plain.labels, plain.confidence, labels, num_classes, threshold),
+               "after": _describe(debiased.labels, debiased.confidence, labels, num_classes, threshold)}
+    if batches < 1 / (1 - momentum):
+        summary["note"] = (f"only {batches} batches against a momentum window of about {1 / (1 - momentum):.0f}: "
+                           f"q_hat stays close to uniform and debiases little; lower --momentum or --batch-size")
+    out = out if out is not None else logits_path.with_suffix(".debiased.npz")
+    _write_npz(out, pseudo_label=debiased.labels.numpy(), confidence=debiased.confidence.numpy(),
+               plain_label=plain.labels.numpy(), plain_confidence=plain.confidence.numpy(),
+               class_marginal=debiased.class_marginal.numpy())
+    write_json(out.with_suffix(".json"), summary)
+    return summary, out
+
+
+def _describe(predicted: torch.Tensor, confidence: torch.Tensor, labels: torch.Tensor | None, num_classes: int,
+              threshold: float | None) -> dict:
+    histogram = torch.bincount(predicted, minlength=num_classes)
+    result = {"predicted_imbalance_ratio": imbalance_ratio(histogram), "mean_confidence": confidence.mean().item()}
+    confident = confidence >= threshold if threshold is not None else None
+    if confident is not None:
+        result["confident_fraction"] = confident.float().mean().item()
+    if labels is not None:
+        correct = (predicted == labels).float()
+        class_acc = per_class_accuracy(predicted, labels, num_classes)
+        result.update({"accuracy": correct.mean().item(),
+                       "balanced_accuracy": class_acc[~class_acc.isnan()].mean().item(),
+                       "kl_to_true": kl_divergence(histogram, torch.bincount(labels, minlength=num_classes))})
+        if confident is not None:
+            result["accuracy_confident"] = correct[confident].mean().item() if confident.any() else math.nan
+    return result
+
+
+def _load_array(path: Path, what: str) -> np.ndarray:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file ({what}: a .npy array)")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_text(path, buffer.getvalue())

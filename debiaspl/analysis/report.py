@@ -1,0 +1,234 @@
+"""The table a paper would print, from run folders: setting x algorithm, mean +/- std over seeds.
+
+Runs are grouped by their saved config: two runs share a row when their configs differ only in
+train.seed and in keys that do not change what is learned (logging, hooks, device, loader
+processes). What varies between rows names them: `algorithm.*` keys form the algorithm column,
+the rest the setting column. FixMatch ignores DebiasPL's tau and uses q_hat only for monitoring,
+so those keys do not split FixMatch rows.
+
+Two statistics per run, both reported: the final evaluation of the EMA model (results.json), and
+the median of the last `last` evaluations (metrics.jsonl), as FixMatch and DASO report it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from debiaspl.analysis.plots import learning_curves_figure, save_figure
+from debiaspl.analysis.tables import write_csv
+from debiaspl.errors import UserError
+from debiaspl.run_folder import CONFIG_NAME, METRICS_NAME, RESULTS_NAME, write_text
+
+METRICS = ("top1", "balanced_acc", "acc_many", "acc_medium", "acc_few", "pseudo_kl_to_true")
+METRIC_HEADERS = {"top1": "top-1", "balanced_acc": "balanced", "acc_many": "many", "acc_medium": "medium",
+                  "acc_few": "few", "pseudo_kl_to_true": "pseudo-label KL"}
+STATISTICS = ("final", "median_last")
+# Keys that change how a run is executed or logged, not what it learns.
+NOT_A_SETTING = ("train.seed", "train.device", "data.num_workers", "data.augment_on", "eval.batch_size", "hooks")
+NOT_A_SETTING_PREFIXES = ("logging.",)
+UNUSED_BY_FIXMATCH = ("algorithm.tau", "algorithm.marginal_momentum")
+
+
+@dataclass
+class RunRecord:
+    folder: Path
+    algorithm: str
+    seed: int
+    setting_keys: dict[str, object]        # flattened config without the keys above
+    final: dict[str, float]                # the final EMA evaluation
+    evaluations: list[dict]                # metrics.jsonl evaluation lines, by step
+
+
+@dataclass
+class Row:
+    setting: str
+    algorithm: str
+    runs: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.algorithm if self.setting == "-" else f"{self.setting} / {self.algorithm}"
+
+
+def find_run_folders(paths: list[Path]) -> list[Path]:
+    """Every folder at or under `paths` holding a saved config, sorted."""
+    folders: set[Path] = set()
+    for path in paths:
+        if not path.is_dir():
+            raise UserError(f"{path}: no such folder (give run folders or folders that hold them)")
+        folders.update(config.parent for config in path.rglob(CONFIG_NAME))
+    return sorted(folders)
+
+
+def load_run_record(folder: Path) -> RunRecord | None:
+    """The run's config, final results and evaluations; None when the run has not finished."""
+    if not (folder / RESULTS_NAME).is_file():
+        return None
+    try:
+        config = yaml.safe_load((folder / CONFIG_NAME).read_text())
+        final = json.loads((folder / RESULTS_NAME).read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise UserError(f"{folder}: cannot read the run's config or results: {exc}") from None
+    keys = _flatten(config)
+    algorithm = keys.get("algorithm.name", "?")
+    setting_keys = {key: value for key, value in keys.items() if _is_setting(key)
+                    and not (algorithm == "fixmatch" and key in UNUSED_BY_FIXMATCH)}
+    return RunRecord(folder=folder, algorithm=str(algorithm), seed=int(keys.get("train.seed", 0)),
+                     setting_keys=setting_keys, final={m: _number(final.get(m)) for m in METRICS},
+                     evaluations=read_evaluations(folder / METRICS_NAME))
+
+
+def read_evaluations(path: Path) -> list[dict]:
+    """[{"step": s, metric: value, ...}] from the eval/ entries of metrics.jsonl, one per step, sorted."""
+    by_step: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            entry = json.loads(line) if line.strip() else {}
+            if "eval/top1" in entry:
+                by_step[entry["step"]] = {"step": entry["step"],
+                                          **{m: _number(entry.get(f"eval/{m}")) for m in METRICS}}
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def median_of_last(evaluations: list[dict], metric: str, last: int) -> float:
+    values = [e[metric] for e in evaluations[-last:] if not math.isnan(e[metric])]
+    return statistics.median(values) if values else math.nan
+
+
+def group_rows(records: list[RunRecord]) -> list[Row]:
+    """Rows of runs that differ only in their seed, named by the keys that differ between rows."""
+    all_keys = sorted({key for record in records for key in record.setting_keys})
+    # A key varies when the runs that use it disagree (FixMatch runs do not use tau, say).
+    varying = [key for key in all_keys if key != "algorithm.name"
+               and len({repr(record.setting_keys[key]) for record in records if key in record.setting_keys}) > 1]
+    rows: dict[tuple[str, str], Row] = {}
+    for record in records:
+        setting = ", ".join(f"{key}={record.setting_keys.get(key, '-')}" for key in varying
+                            if not key.startswith("algorithm.") and key in record.setting_keys) or "-"
+        algorithm = " ".join([record.algorithm, *(f"{key.partition('.')[2]}={record.setting_keys[key]}"
+                                                   for key in varying if key.startswith("algorithm.")
+                                                   and key in record.setting_keys)])
+        rows.setdefault((setting, algorithm), Row(setting, algorithm)).runs.append(record)
+    return [rows[key] for key in sorted(rows)]
+
+
+def run_statistic(record: RunRecord, metric: str, statistic: str, last: int) -> float:
+    if statistic == "final":
+        return record.final[metric]
+    return median_of_last(record.evaluations, metric, last)
+
+
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1) of the finite values; std nan below two values."""
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else math.nan
+
+
+def summary_rows(rows: list[Row], last: int) -> list[dict]:
+    """One dict per row and statistic: setting, algorithm, statistic, seeds, <metric>_mean, <metric>_std."""
+    table = []
+    for statistic in STATISTICS:
+        for row in rows:
+            entry = {"setting": row.setting, "algorithm": row.algorithm, "statistic": statistic,
+                     "seeds": " ".join(str(record.seed) for record in sorted(row.runs, key=lambda r: r.seed))}
+            for metric in METRICS:
+                entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean_and_std(
+                    [run_statistic(record, metric, statistic, last) for record in row.runs])
+            table.append(entry)
+    return table
+
+
+def markdown_report(table: list[dict], last: int, skipped: list[Path]) -> str:
+    titles = {"final": "Final evaluation of the EMA model",
+              "median_last": f"Median of the last {last} evaluations (as FixMatch and DASO report)"}
+    lines = []
+    for statistic in STATISTICS:
+        lines += [f"### {titles[statistic]}", "",
+                  "| setting | algorithm | seeds | " + " | ".join(METRIC_HEADERS[m] for m in METRICS) + " |",
+                  "|---|---|---|" + "---|" * len(METRICS)]
+        for entry in (e for e in table if e["statistic"] == statistic):
+            cells = [_mean_std(entry[f"{m}_mean"], entry[f"{m}_std"], m) for m in METRICS]
+            lines.append(f"| {entry['setting']} | {entry['algorithm']} | {entry['seeds']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("Mean +/- sample standard deviation over seeds; accuracies in %; pseudo-label KL: "
+                 "KL(pseudo-label class histogram || true class histogram) on the whole unlabeled set, in nats.")
+    if skipped:
+        lines += ["", "Not finished, left out: " + ", ".join(str(folder) for folder in skipped)]
+    return "\n".join(lines) + "\n"
+
+
+def curve_panels(rows: list[Row]) -> dict[str, list[tuple[str, list[int], list[float], list[float]]]]:
+    """For learning_curves_figure: test top-1 and pseudo-label KL, one (label, steps, mean, std) per row."""
+    panels = {"top1": "test top-1 (EMA model)", "pseudo_kl_to_true": "pseudo-label KL to the true distribution"}
+    return {title: [(f"{row.label} (n={len(row.runs)})", *_curve(row, metric)) for row in rows]
+            for metric, title in panels.items()}
+
+
+def write_report(paths: list[Path], out: Path | None, last: int = 20) -> tuple[str, Path]:
+    """Read the runs under `paths`, write report.md, report.csv, runs.csv and curves.png; returns (markdown, out)."""
+    if last < 1:
+        raise UserError(f"--last {last}: must be at least 1")
+    folders = find_run_folders(paths)
+    records, skipped = [], []
+    for folder in folders:
+        record = load_run_record(folder)
+        (records.append(record) if record is not None else skipped.append(folder))
+    if not records:
+        raise UserError(f"no finished run under {', '.join(map(str, paths))} (a finished run has {RESULTS_NAME})")
+    out = out if out is not None else paths[0] / "report"
+    rows = group_rows(records)
+    table = summary_rows(rows, last)
+    markdown = markdown_report(table, last, skipped)
+    write_text(out / "report.md", markdown)
+    write_csv(out / "report.csv", {key: [entry[key] for entry in table] for key in table[0]})
+    per_run = [(row, record) for row in rows for record in row.runs]
+    write_csv(out / "runs.csv", {
+        "run": [str(record.folder) for _, record in per_run], "setting": [row.setting for row, _ in per_run],
+        "algorithm": [row.algorithm for row, _ in per_run], "seed": [record.seed for _, record in per_run],
+        **{f"{metric}_{statistic}": [run_statistic(record, metric, statistic, last) for _, record in per_run]
+           for statistic in STATISTICS for metric in METRICS}})
+    save_figure(learning_curves_figure(curve_panels(rows)), out / "curves.png")
+    return markdown, out
+
+
+def _curve(row: Row, metric: str) -> tuple[list[int], list[float], list[float]]:
+    """Steps evaluated in every run of the row, with the mean and std over runs at each."""
+    per_run = [{e["step"]: e[metric] for e in record.evaluations if not math.isnan(e[metric])} for record in row.runs]
+    steps = sorted(set.intersection(*(set(values) for values in per_run))) if per_run else []
+    pairs = [mean_and_std([values[step] for values in per_run]) for step in steps]
+    return steps, [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _mean_std(mean: float, std: float, metric: str) -> str:
+    if math.isnan(mean):
+        return "-"
+    scale, digits = (1, 3) if metric == "pseudo_kl_to_true" else (100, 2)
+    text = f"{scale * mean:.{digits}f}"
+    return text if math.isnan(std) else f"{text} ± {scale * std:.{digits}f}"
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    keys = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            keys.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            keys[f"{prefix}{key}"] = value
+    return keys
+
+
+def _is_setting(key: str) -> bool:
+    return key not in NOT_A_SETTING and not key.startswith(NOT_A_SETTING_PREFIXES)
+
+
+def _number(value) -> float:
+    """JSON numbers as floats; null (a NaN when written) and missing keys as nan."""
+    return float(value) if isinstance(value, (int, float)) else math.nan

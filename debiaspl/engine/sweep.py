@@ -1,0 +1,93 @@
+"""A grid of runs from one experiment file: settings x seeds, trained one after another.
+
+`debiaspl sweep exp.yaml --seeds 0,1,2 --set-grid algorithm.name=fixmatch,debiaspl` makes one run
+per combination, in `<logging.run_dir>/<experiment name>/<grid values>-seed<N>`, so that
+`debiaspl report <logging.run_dir>/<experiment name>` finds them all. Runs that finished are
+skipped and runs that stopped resume (train_run does both), so an interrupted sweep continues
+with the same command.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from debiaspl.config import ExperimentConfig, load_experiment, parse_override, replace_dotted
+from debiaspl.errors import UserError
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    key: str
+    values: tuple[str, ...]  # as typed; the config loader parses and validates each
+
+
+def parse_grid_axis(text: str) -> GridAxis:
+    """'algorithm.name=fixmatch,debiaspl' -> GridAxis('algorithm.name', ('fixmatch', 'debiaspl')).
+
+    Commas inside brackets belong to a value, so a list can be one value: 'key=[1,2],[3,4]'.
+    """
+    key, _ = parse_override(text)  # the same 'key=value' shape as --set, with the same error
+    values = _split_top_level(text.partition("=")[2])
+    if not values or any(not value for value in values):
+        raise UserError(f"--set-grid {text!r}: expected key=value1,value2,... with no empty value")
+    if len(set(values)) != len(values):
+        raise UserError(f"--set-grid {text!r}: a value is listed twice")
+    return GridAxis(key, tuple(values))
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """'0,1,2' or '0-2' -> (0, 1, 2)."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        try:
+            seeds.extend(range(int(first), int(last) + 1) if dash else [int(first)])
+        except ValueError:
+            raise UserError(f"--seeds {text!r}: expected non-negative integers like 0,1,2 or 0-4") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r}: expected distinct seeds like 0,1,2 or 0-4")
+    return tuple(seeds)
+
+
+def sweep_configs(experiment: Path, overrides: list[str], axes: list[GridAxis],
+                  seeds: tuple[int, ...] | None) -> list[ExperimentConfig]:
+    """One validated config per grid point and seed, each with its own run folder."""
+    if len({axis.key for axis in axes}) != len(axes):
+        raise UserError("--set-grid names the same key twice; put all its values in one --set-grid")
+    if any(axis.key == "train.seed" for axis in axes):
+        raise UserError("give seeds with --seeds, not --set-grid train.seed=...")
+    base = load_experiment(experiment, overrides)
+    parent = Path(base.logging.run_dir) / base.logging.run_name
+    configs = []
+    # seed by seed, so a sweep stopped early has every setting for its first seeds
+    for seed in seeds if seeds is not None else (base.train.seed,):
+        for point in itertools.product(*(axis.values for axis in axes)):
+            assignments = [f"{axis.key}={value}" for axis, value in zip(axes, point)]
+            config = load_experiment(experiment, [*overrides, *assignments, f"train.seed={seed}"])
+            name = "-".join([*(_slug(axis.key, value) for axis, value in zip(axes, point)), f"seed{seed}"])
+            config = replace_dotted(config, "logging.run_dir", str(parent))
+            configs.append(replace_dotted(config, "logging.run_name", name))
+    return configs
+
+
+def _slug(key: str, value: str) -> str:
+    """A folder-name part for one grid value: the value alone for algorithm.name, else leaf=value."""
+    text = value if key == "algorithm.name" else f"{key.rpartition('.')[2]}={value}"
+    return re.sub(r"[^A-Za-z0-9._=+]+", "_", text).strip("_") or "empty"
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, current = [], 0, []
+    for char in text:
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current).strip())
+    return parts
