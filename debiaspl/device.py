@@ -19,21 +19,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 @functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), so bf16 autocast speeds it up.
-
-    torch's own check (mkldnn bf16 support) also says yes where bf16 is only emulated on AVX-512,
-    which is slower than float32; the kernel's CPU flags tell the two apart. Linux only: elsewhere no.
-    """
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags the Linux kernel reports (/proc/cpuinfo); empty elsewhere."""
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return frozenset()
 
 
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bf16 autocast is the faster choice on this device (train.precision: auto)."""
+def bf16_is_fast(device: torch.device, flags: frozenset[str] | None = None) -> bool:
+    """Whether bf16 autocast is the faster choice on this device (train.precision: auto).
+
+    On CPUs only where bf16 runs in hardware (AVX512-BF16 or AMX): torch's own check (mkldnn bf16
+    support) also says yes where bf16 is emulated on plain AVX-512, which is slower than float32.
+    """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_native_bf16()
+    flags = cpu_flags() if flags is None else flags
+    return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & flags)

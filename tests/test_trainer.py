@@ -143,7 +143,8 @@ def test_augmenting_on_the_device_gives_the_same_run(tiny):
     assert_same_tensors(final_state(in_loader)["model"], final_state(on_device)["model"])
 
 
-@pytest.mark.parametrize("train", [{"precision": "bf16"}, {"channels_last": True}, {"weak_forward": "separate"}])
+@pytest.mark.parametrize("train", [{"precision": "bf16"}, {"precision": "fp32", "channels_last": False},
+                                   {"weak_forward": "separate"}])
 def test_speed_options_train(tiny, train):
     config = tiny(train={"steps": 3, **train}, eval={"interval": 3})
     results = train_run(config)
@@ -151,3 +152,12 @@ def test_speed_options_train(tiny, train):
     state = final_state(config)
     assert state["class_marginal"].dtype == torch.float32
     assert torch.isfinite(state["model"]["classifier.weight"]).all()
+
+
+def test_precision_auto_takes_bf16_only_where_the_hardware_has_it():
+    from debiaspl.device import bf16_is_fast
+    from debiaspl.engine.trainer import use_bf16
+    cpu = torch.device("cpu")
+    assert bf16_is_fast(cpu, frozenset({"avx512f", "avx512_bf16"})) and bf16_is_fast(cpu, frozenset({"amx_bf16"}))
+    assert not bf16_is_fast(cpu, frozenset({"avx512f", "avx512bw"}))  # bf16 only emulated: slower than fp32
+    assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)

@@ -1,0 +1,162 @@
+"""`debiaspl sweep` (grids of runs, skipped when finished, resumed when stopped) and `debiaspl report`."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from debiaspl.analysis.report import (find_run_folders, group_rows, load_run_record, mean_and_std, median_of_last,
+                                      read_evaluations, write_report)
+from debiaspl.engine.run import run_state
+from debiaspl.engine.sweep import parse_grid_axis, parse_seeds, sweep_configs
+from debiaspl.errors import UserError
+
+TINY_EXPERIMENT = """
+data: {dataset: digits, num_labeled_head: 20, labeled_imbalance: 5, num_unlabeled_head: 40, unlabeled_imbalance: 5,
+       num_workers: 0}
+model: {name: small_cnn}
+train: {steps: 6, batch_size: 8, unlabeled_ratio: 2, device: cpu}
+algorithm: {threshold: 0.5, marginal_momentum: 0.9}
+eval: {interval: 2, batch_size: 128}
+logging: {run_dir: RUN_DIR, log_interval: 2, checkpoint_interval: 2, progress_bar: false}
+"""
+
+
+def debiaspl(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "debiaspl", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(TINY_EXPERIMENT.replace("RUN_DIR", str(tmp_path / "runs")))
+    return path
+
+
+def test_grid_axis_and_seeds_parse():
+    assert parse_grid_axis("algorithm.name=fixmatch,debiaspl").values == ("fixmatch", "debiaspl")
+    assert parse_grid_axis("a.b=[1,2],[3, 4]").values == ("[1,2]", "[3, 4]")
+    assert parse_seeds("0,1,2") == (0, 1, 2) and parse_seeds("3-5") == (3, 4, 5) and parse_seeds("7") == (7,)
+    for bad in ("", "a", "1,1", "-1", "2-x"):
+        with pytest.raises(UserError, match="--seeds"):
+            parse_seeds(bad)
+    for bad in ("algorithm.name", "algorithm.name=", "algorithm.name=a,,b", "algorithm.name=a,a"):
+        with pytest.raises(UserError):
+            parse_grid_axis(bad)
+
+
+def test_sweep_configs_are_seed_major_with_folders_per_point(experiment, tmp_path):
+    axes = [parse_grid_axis("algorithm.name=fixmatch,debiaspl"), parse_grid_axis("algorithm.tau=0.4,1")]
+    configs = sweep_configs(experiment, ["train.steps=4"], axes, seeds=(0, 1))
+    names = [c.logging.run_name for c in configs]
+    assert names[:4] == ["fixmatch-tau=0.4-seed0", "fixmatch-tau=1-seed0", "debiaspl-tau=0.4-seed0",
+                         "debiaspl-tau=1-seed0"]
+    assert len(set(names)) == 8 and names[4].endswith("seed1")
+    assert {c.logging.run_dir for c in configs} == {str(tmp_path / "runs" / "grid")}
+    assert [c.train.seed for c in configs] == [0] * 4 + [1] * 4
+    assert configs[3].algorithm.tau == 1.0 and configs[3].algorithm.name == "debiaspl"
+    assert all(c.train.steps == 4 for c in configs)
+    # a bad grid value is a config error naming the key, before anything trains
+    with pytest.raises(UserError, match="algorithm.name"):
+        sweep_configs(experiment, [], [parse_grid_axis("algorithm.name=fixmatch,fixmtch")], None)
+    with pytest.raises(UserError, match="--seeds"):
+        sweep_configs(experiment, [], [parse_grid_axis("train.seed=1,2")], None)
+
+
+def test_sweep_trains_skips_finished_and_resumes_stopped_runs_then_reports(experiment, tmp_path):
+    args = ["sweep", experiment, "--seeds", "0,1", "--set-grid", "algorithm.name=fixmatch,debiaspl"]
+    paused = debiaspl(*args, "--until-step", 2)
+    assert paused.returncode == 0, paused.stderr
+    parent = tmp_path / "runs" / "grid"
+    listing = debiaspl(*args, "--dry-run")
+    assert listing.stdout.count("stopped at step 2 of 6") == 4, listing.stdout
+    finished = debiaspl(*args)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.count("resuming from step 2 of 6") == 4
+    again = debiaspl(*args)
+    assert again.stdout.count("already finished at step 6") == 4 and "debiaspl report" in again.stdout
+    assert sorted(p.name for p in parent.iterdir()) == ["debiaspl-seed0", "debiaspl-seed1", "fixmatch-seed0",
+                                                        "fixmatch-seed1"]
+
+    report = debiaspl("report", parent)
+    assert report.returncode == 0, report.stderr
+    assert "| - | debiaspl | 0 1 |" in report.stdout and "| - | fixmatch | 0 1 |" in report.stdout
+    out = parent / "report"
+    assert (out / "curves.png").stat().st_size > 0 and (out / "report.md").read_text() in report.stdout
+    with open(out / "runs.csv", newline="") as handle:
+        runs = list(csv.DictReader(handle))
+    assert len(runs) == 4 and {row["seed"] for row in runs} == {"0", "1"}
+    with open(out / "report.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["algorithm"], r["statistic"]) for r in rows] == [
+        ("debiaspl", "final"), ("fixmatch", "final"), ("debiaspl", "median_last"), ("fixmatch", "median_last")]
+    # the table is the mean over the two seeds of each run's own final result
+    finals = [json.loads((parent / f"debiaspl-seed{s}" / "results.json").read_text())["top1"] for s in (0, 1)]
+    assert float(rows[0]["top1_mean"]) == pytest.approx(sum(finals) / 2, rel=1e-5)
+    assert 0 <= float(rows[0]["pseudo_kl_to_true_mean"]) < 10
+    # the report folder holds no config, so reporting again finds the same four runs
+    assert len(find_run_folders([parent])) == 4
+
+
+def test_sweep_mistakes_are_one_line(experiment):
+    proc = debiaspl("sweep", experiment, "--set-grid", "algorithm.tua=1,2")
+    assert proc.returncode == 2 and "algorithm.tau" in proc.stderr and "Traceback" not in proc.stderr
+    proc = debiaspl("report", experiment.parent / "nothing")
+    assert proc.returncode == 2 and "no such folder" in proc.stderr
+    proc = debiaspl("report", experiment.parent)
+    assert proc.returncode == 2 and "no finished run" in proc.stderr
+
+
+def fake_run(folder, algorithm, seed, top1s, tau=0.4, unlabeled_imbalance=100, finished=True):
+    """A run folder as train_run leaves it, with evaluations of the given top-1 at steps 10, 20, ..."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(
+        f"data: {{unlabeled_imbalance: {unlabeled_imbalance}}}\nalgorithm: {{name: {algorithm}, tau: {tau}}}\n"
+        f"train: {{seed: {seed}, device: cpu}}\nlogging: {{run_name: {folder.name}}}\n")
+    lines = [json.dumps({"step": 10 * (i + 1), "eval/top1": top1, "eval/pseudo_kl_to_true": 0.1 * i})
+             for i, top1 in enumerate(top1s)]
+    lines.insert(1, json.dumps({"step": 15, "train/loss": 1.0}))  # training lines are not evaluations
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if finished:
+        (folder / "results.json").write_text(json.dumps({"top1": top1s[-1], "acc_few": None}))
+
+
+def test_rows_group_by_config_without_seed_and_name_what_varies(tmp_path):
+    fake_run(tmp_path / "a", "fixmatch", 0, [0.1, 0.5], tau=0.4)
+    fake_run(tmp_path / "b", "fixmatch", 1, [0.2, 0.7], tau=2.0)     # tau does not matter to FixMatch
+    fake_run(tmp_path / "c", "debiaspl", 0, [0.3, 0.6], tau=0.4)
+    fake_run(tmp_path / "d", "debiaspl", 0, [0.3, 0.6], tau=2.0)
+    fake_run(tmp_path / "e", "debiaspl", 0, [0.3, 0.6], tau=0.4, unlabeled_imbalance=1)
+    fake_run(tmp_path / "f", "debiaspl", 1, [0.3], finished=False)
+    records = [load_run_record(folder) for folder in find_run_folders([tmp_path])]
+    assert records[-1] is None  # not finished
+    rows = group_rows([r for r in records if r is not None])
+    assert [(row.setting, row.algorithm, len(row.runs)) for row in rows] == [
+        ("data.unlabeled_imbalance=1", "debiaspl tau=0.4", 1),
+        ("data.unlabeled_imbalance=100", "debiaspl tau=0.4", 1),
+        ("data.unlabeled_imbalance=100", "debiaspl tau=2.0", 1),
+        ("data.unlabeled_imbalance=100", "fixmatch", 2)]
+
+
+def test_statistics(tmp_path):
+    assert mean_and_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+    mean, std = mean_and_std([4.0, math.nan])
+    assert mean == 4.0 and math.isnan(std)
+    fake_run(tmp_path / "r", "fixmatch", 0, [0.9, 0.1, 0.2, 0.4, 0.3])
+    evaluations = read_evaluations(tmp_path / "r" / "metrics.jsonl")
+    assert [e["step"] for e in evaluations] == [10, 20, 30, 40, 50]
+    assert median_of_last(evaluations, "top1", 3) == 0.3 and median_of_last(evaluations, "top1", 20) == 0.3
+    assert median_of_last(evaluations, "top1", 2) == pytest.approx(0.35)
+    markdown, out = write_report([tmp_path], None, last=2)
+    assert "| - | fixmatch | 0 | 30.00 | - |" in markdown  # one seed: no std; a null result: a dash
+    assert "Median of the last 2 evaluations" in markdown and "35.00" in markdown
+    with pytest.raises(UserError, match="--last"):
+        write_report([tmp_path], None, last=0)
+
+
+def test_run_state(experiment):
+    config = sweep_configs(experiment, [], [], None)[0]
+    assert run_state(config) == "not started"
