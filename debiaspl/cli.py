@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     zero_shot.add_argument("--seed", type=int, default=0, help="seed of the random order the rows are streamed in")
     zero_shot.add_argument("--file-order", action="store_true",
                            help="stream the rows in file order instead (only if the file is not sorted by class)")
+    zero_shot.add_argument("--passes", type=int, default=1, choices=(1, 2),
+                           help="2: a first pass only estimates q_hat, so the first rows are debiased as much as the last")
     zero_shot.add_argument("--out", type=Path, help="the .npz to write (default: LOGITS.debiased.npz, with a .json summary)")
 
     show = verbs.add_parser("config", help="print the resolved config of an experiment, or the reference")
@@ -140,14 +142,17 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from debiaspl.engine.run import run_folder, run_state
+    from debiaspl.engine.run import preflight, run_folder, run_state
     from debiaspl.engine.sweep import parse_grid_axis, parse_seeds, sweep_configs
 
     axes = [parse_grid_axis(text) for text in args.grid]
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    configs = sweep_configs(args.experiment, args.overrides, axes, seeds)
+    configs, notes = sweep_configs(args.experiment, args.overrides, axes, seeds)
+    for note in notes:
+        print(f"sweep: {note}")
     if args.dry_run:
         for config in configs:
+            preflight(config)  # the state shown is what training would find, not a run it would refuse
             print(f"{run_folder(config)}  {run_state(config)}")
         return 0
     print(f"sweep: {len(configs)} runs in {run_folder(configs[0]).parent}")
@@ -161,9 +166,11 @@ def _debias_logits(args: argparse.Namespace) -> int:
 
     summary, out = debias_logits_file(args.logits, tau=args.tau, momentum=args.momentum, batch_size=args.batch_size,
                                       labels_path=args.labels, threshold=args.threshold,
-                                      seed=None if args.file_order else args.seed, out=args.out)
+                                      seed=None if args.file_order else args.seed, passes=args.passes,
+                                      out=args.out)
     print(f"{summary['samples']} samples, {summary['classes']} classes, {summary['batches']} batches of "
-          f"{summary['batch_size']} ({summary['order']}), tau {summary['tau']}, momentum {summary['momentum']}")
+          f"{summary['batch_size']} ({summary['order']}, {summary['passes']} pass{'es' if summary['passes'] > 1 else ''}), "
+          f"tau {summary['tau']}, momentum {summary['momentum']}")
     for name in summary["after"]:
         before, after = summary["before"][name], summary["after"][name]
         print(f"  {name:26s} before {before:8.4f}   after {after:8.4f}")

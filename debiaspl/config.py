@@ -129,6 +129,30 @@ class ExperimentConfig:
     hooks: tuple[HookConfig, ...] = ()  # analyses that watch training; they never change the weights
 
 
+# Keys that change how a run executes or reports, never what it learns (beyond the order of float
+# roundings): a run may resume under other values of them, and `debiaspl report` puts runs that
+# differ only in them (and in their seed) in one row.
+EXECUTION_KEYS = frozenset({
+    "data.root", "data.download", "data.num_workers", "data.augment_on", "train.device", "train.deterministic",
+    "train.compile", "train.channels_last", "eval.batch_size", "hooks",
+    *(f"logging.{f.name}" for f in dataclasses.fields(LoggingConfig)),
+})
+
+# FixMatch makes pseudo-labels without debiasing and tracks q_hat for monitoring only.
+UNUSED_BY_FIXMATCH = frozenset({"algorithm.tau", "algorithm.marginal_momentum"})
+
+
+def flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'steps': 1}} -> {'train.steps': 1}; lists (the hooks) stay whole values."""
+    keys = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            keys.update(flatten(value, f"{prefix}{key}."))
+        else:
+            keys[f"{prefix}{key}"] = value
+    return keys
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading: files (with `base:`) -> merged dict -> --set overrides -> validated dataclasses.
 

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,7 +41,7 @@ def test_grid_axis_and_seeds_parse():
     assert parse_grid_axis("algorithm.name=fixmatch,debiaspl").values == ("fixmatch", "debiaspl")
     assert parse_grid_axis("a.b=[1,2],[3, 4]").values == ("[1,2]", "[3, 4]")
     assert parse_seeds("0,1,2") == (0, 1, 2) and parse_seeds("3-5") == (3, 4, 5) and parse_seeds("7") == (7,)
-    for bad in ("", "a", "1,1", "-1", "2-x"):
+    for bad in ("", "a", "1,1", "-1", "2-x", "0,3-1"):
         with pytest.raises(UserError, match="--seeds"):
             parse_seeds(bad)
     for bad in ("algorithm.name", "algorithm.name=", "algorithm.name=a,,b", "algorithm.name=a,a"):
@@ -50,15 +51,23 @@ def test_grid_axis_and_seeds_parse():
 
 def test_sweep_configs_are_seed_major_with_folders_per_point(experiment, tmp_path):
     axes = [parse_grid_axis("algorithm.name=fixmatch,debiaspl"), parse_grid_axis("algorithm.tau=0.4,1")]
-    configs = sweep_configs(experiment, ["train.steps=4"], axes, seeds=(0, 1))
+    configs, notes = sweep_configs(experiment, ["train.steps=4"], axes, seeds=(0, 1))
     names = [c.logging.run_name for c in configs]
-    assert names[:4] == ["fixmatch-tau=0.4-seed0", "fixmatch-tau=1-seed0", "debiaspl-tau=0.4-seed0",
-                         "debiaspl-tau=1-seed0"]
-    assert len(set(names)) == 8 and names[4].endswith("seed1")
+    # FixMatch ignores tau: its second tau value would train the same run again, so it is left out
+    assert names == ["fixmatch-tau=0.4-seed0", "debiaspl-tau=0.4-seed0", "debiaspl-tau=1-seed0",
+                     "fixmatch-tau=0.4-seed1", "debiaspl-tau=0.4-seed1", "debiaspl-tau=1-seed1"]
+    assert notes == [f"fixmatch-tau=1-seed{s} would train the same run as fixmatch-tau=0.4-seed{s}; left out"
+                     for s in (0, 1)]
     assert {c.logging.run_dir for c in configs} == {str(tmp_path / "runs" / "grid")}
-    assert [c.train.seed for c in configs] == [0] * 4 + [1] * 4
-    assert configs[3].algorithm.tau == 1.0 and configs[3].algorithm.name == "debiaspl"
+    assert [c.train.seed for c in configs] == [0] * 3 + [1] * 3
+    assert configs[2].algorithm.tau == 1.0 and configs[2].algorithm.name == "debiaspl"
     assert all(c.train.steps == 4 for c in configs)
+    # the same value written twice would train one run twice
+    configs, notes = sweep_configs(experiment, [], [parse_grid_axis("algorithm.tau=0.4,0.40")], None)
+    assert len(configs) == 1 and "tau=0.40-seed0 would train the same run as tau=0.4-seed0" in notes[0]
+    # two values that make one folder name
+    with pytest.raises(UserError, match="run folder name 'label_file=a_b.csv-seed0'"):
+        sweep_configs(experiment, [], [parse_grid_axis("data.label_file=a/b.csv,a b.csv")], None)
     # a bad grid value is a config error naming the key, before anything trains
     with pytest.raises(UserError, match="algorithm.name"):
         sweep_configs(experiment, [], [parse_grid_axis("algorithm.name=fixmatch,fixmtch")], None)
@@ -157,6 +166,27 @@ def test_statistics(tmp_path):
         write_report([tmp_path], None, last=0)
 
 
-def test_run_state(experiment):
-    config = sweep_configs(experiment, [], [], None)[0]
+def test_a_finished_run_without_its_checkpoint_stays_finished(experiment):
+    from debiaspl.engine.run import train_run
+    config = sweep_configs(experiment, [], [], None)[0][0]
     assert run_state(config) == "not started"
+    first = train_run(config)
+    folder = Path(config.logging.run_dir) / config.logging.run_name
+    (folder / "checkpoint.pt").unlink()  # deleted to save space
+    assert run_state(config) == "finished"
+    assert train_run(config) == json.loads((folder / "results.json").read_text()) and first["step"] == 6
+    changed = sweep_configs(experiment, ["algorithm.tau=2"], [], None)[0][0]
+    with pytest.raises(UserError, match="algorithm.tau: 0.4 -> 2"):  # checked against the saved config.yaml
+        train_run(changed)
+
+
+def test_report_reads_past_a_half_written_line_and_refuses_a_non_run(tmp_path):
+    fake_run(tmp_path / "r", "fixmatch", 0, [0.5, 0.6])
+    with open(tmp_path / "r" / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 30, "eval/to')
+    assert [e["step"] for e in read_evaluations(tmp_path / "r" / "metrics.jsonl")] == [10, 20]
+    markdown, _ = write_report([tmp_path], None)
+    assert "fewer than 20 evaluations (the fewest: 2" in markdown
+    (tmp_path / "r" / "config.yaml").write_text("just text\n")
+    with pytest.raises(UserError, match="does not hold a mapping"):
+        write_report([tmp_path], None)

@@ -22,6 +22,22 @@ def biased_logits(num_per_class=400, num_classes=5, bias=2.0, seed=0):
     return logits.astype(np.float32), labels
 
 
+def test_two_passes_start_from_the_first_pass_estimate_and_big_endian_files_read(tmp_path):
+    logits, labels = biased_logits()
+    np.save(tmp_path / "logits.npy", logits.astype(">f4"))
+    np.save(tmp_path / "labels.npy", labels)
+    one = debiaspl("debias-logits", tmp_path / "logits.npy", "--labels", tmp_path / "labels.npy", "--tau", 1,
+                   "--momentum", 0.99, "--batch-size", 40, "--out", tmp_path / "one.npz")
+    two = debiaspl("debias-logits", tmp_path / "logits.npy", "--labels", tmp_path / "labels.npy", "--tau", 1,
+                   "--momentum", 0.99, "--batch-size", 40, "--passes", 2, "--out", tmp_path / "two.npz")
+    assert one.returncode == two.returncode == 0, one.stderr + two.stderr
+    # 50 batches against a window of 100: one pass leaves q_hat near uniform, a second starts from the estimate
+    assert "note: only 50 q_hat updates" in one.stdout and "note" not in two.stdout
+    kl_one = json.loads((tmp_path / "one.json").read_text())["after"]["kl_to_true"]
+    kl_two = json.loads((tmp_path / "two.json").read_text())["after"]["kl_to_true"]
+    assert kl_two < kl_one
+
+
 def test_stream_matches_the_training_order_of_operations():
     logits = torch.randn(10, 3) + torch.tensor([1.0, 0.0, -1.0])
     result = debias_logit_stream(logits, tau=0.7, momentum=0.5, batch_size=4)  # file order
@@ -33,6 +49,7 @@ def test_stream_matches_the_training_order_of_operations():
     torch.testing.assert_close(result.confidence, expected.max(dim=-1).values)
     assert torch.equal(result.labels, expected.argmax(dim=-1))
     torch.testing.assert_close(result.class_marginal, marginal)
+    assert torch.equal(result.plain_labels, logits.argmax(dim=1))
 
 
 def test_tau_zero_is_the_argmax_and_outputs_keep_the_input_order():
@@ -81,7 +98,7 @@ def test_debias_logits_verb_writes_labels_and_reports_before_and_after(tmp_path)
     # file order on class-sorted logits: q_hat chases the current class; it still runs, as asked
     proc = debiaspl("debias-logits", tmp_path / "logits.npy", "--file-order", "--out", tmp_path / "ordered.npz",
                     "--momentum", 0.999)
-    assert proc.returncode == 0 and "note: only 8 batches" in proc.stdout and (tmp_path / "ordered.json").is_file()
+    assert proc.returncode == 0 and "note: only 8 q_hat updates" in proc.stdout and (tmp_path / "ordered.json").is_file()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -91,6 +108,8 @@ def test_debias_logits_verb_writes_labels_and_reports_before_and_after(tmp_path)
     (["logits.npy", "--labels", "out_of_range.npy"], "0..4"),
     (["logits.npy", "--momentum", "1"], "--momentum"),
     (["nan.npy"], "nan or inf"),
+    (["archive.npz"], ".npz archive"),
+    (["logits.npy", "--out", "."], "cannot write"),
 ])
 def test_debias_logits_mistakes_are_one_line(tmp_path, args, message):
     logits, labels = biased_logits()
@@ -100,5 +119,6 @@ def test_debias_logits_mistakes_are_one_line(tmp_path, args, message):
     np.save(tmp_path / "out_of_range.npy", labels + 1)
     logits[3, 2] = np.nan
     np.save(tmp_path / "nan.npy", logits)
-    proc = debiaspl("debias-logits", *[tmp_path / a if a.endswith(".npy") else a for a in args])
+    np.savez(tmp_path / "archive.npz", logits=logits)
+    proc = debiaspl("debias-logits", *[tmp_path / a if a.endswith((".npy", ".npz")) or a == "." else a for a in args])
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

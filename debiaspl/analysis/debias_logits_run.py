@@ -23,11 +23,15 @@ from debiaspl.run_folder import write_json, write_text
 
 def debias_logits_file(logits_path: Path, *, tau: float, momentum: float, batch_size: int = 256,
                        labels_path: Path | None = None, threshold: float | None = None, seed: int | None = 0,
-                       out: Path | None = None) -> tuple[dict, Path]:
+                       passes: int = 1, out: Path | None = None) -> tuple[dict, Path]:
     """Debias the logits in `logits_path`; returns (summary, path of the .npz written).
 
     seed None streams the rows in file order; otherwise in a random order drawn with this seed.
+    passes 2: a first pass only estimates q_hat, the second starts from it, so the first batches are
+    debiased as much as the last.
     """
+    if passes not in (1, 2):
+        raise UserError(f"--passes {passes}: must be 1 or 2")
     if tau < 0:
         raise UserError(f"--tau {tau}: must be >= 0")
     if not 0 <= momentum < 1:
@@ -51,27 +55,33 @@ def debias_logits_file(logits_path: Path, *, tau: float, momentum: float, batch_
         if labels.min() < 0 or labels.max() >= num_classes:
             raise UserError(f"{labels_path}: labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
 
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    debiased = debias_logit_stream(logits, tau, momentum, batch_size, generator)
-    plain = debias_logit_stream(logits, 0.0, momentum, batch_size)  # tau = 0: the model's own argmax
-    if debiased.confidence.isnan().any():
-        raise UserError(f"{logits_path}: the logits contain nan or inf")
+    initial_marginal = None
+    for _ in range(passes):
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        debiased = debias_logit_stream(logits, tau, momentum, batch_size, generator, initial_marginal)
+        if debiased.class_marginal.isnan().any():
+            raise UserError(f"{logits_path}: the logits contain nan or inf")
+        initial_marginal = debiased.class_marginal
 
     batches = math.ceil(num_samples / batch_size)
     summary = {"logits": str(logits_path), "samples": num_samples, "classes": num_classes, "tau": tau,
                "momentum": momentum, "batch_size": batch_size, "batches": batches,
-               "order": "file order" if seed is None else f"random, seed {seed}",
+               "order": "file order" if seed is None else f"random, seed {seed}", "passes": passes,
                "class_marginal": debiased.class_marginal.tolist(),
-               "before": _describe(plain.labels, plain.confidence, labels, num_classes, threshold),
+               "before": _describe(debiased.plain_labels, debiased.plain_confidence, labels, num_classes, threshold),
                "after": _describe(debiased.labels, debiased.confidence, labels, num_classes, threshold)}
-    if batches < 1 / (1 - momentum):
-        summary["note"] = (f"only {batches} batches against a momentum window of about {1 / (1 - momentum):.0f}: "
-                           f"q_hat stays close to uniform and debiases little; lower --momentum or --batch-size")
+    if batches * passes < 1 / (1 - momentum):
+        summary["note"] = (f"only {batches * passes} q_hat updates ({batches} batches x {passes} pass(es)) against "
+                           f"a momentum window of about {1 / (1 - momentum):.0f}: q_hat stays close to where it "
+                           f"started and debiases little; lower --momentum or --batch-size, or use --passes 2")
     out = out if out is not None else logits_path.with_suffix(".debiased.npz")
-    _write_npz(out, pseudo_label=debiased.labels.numpy(), confidence=debiased.confidence.numpy(),
-               plain_label=plain.labels.numpy(), plain_confidence=plain.confidence.numpy(),
-               class_marginal=debiased.class_marginal.numpy())
-    write_json(out.with_suffix(".json"), summary)
+    try:
+        _write_npz(out, pseudo_label=debiased.labels.numpy(), confidence=debiased.confidence.numpy(),
+                   plain_label=debiased.plain_labels.numpy(), plain_confidence=debiased.plain_confidence.numpy(),
+                   class_marginal=debiased.class_marginal.numpy())
+        write_json(out.with_suffix(".json"), summary)
+    except OSError as exc:
+        raise UserError(f"cannot write {out} (--out): {exc}") from None
     return summary, out
 
 
@@ -97,9 +107,14 @@ def _load_array(path: Path, what: str) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{path}: no such file ({what}: a .npy array)")
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise UserError(f"{path}: not a readable .npy array ({exc})") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive loads as a mapping of arrays
+        raise UserError(f"{path}: an .npz archive; save the {what} alone with np.save(path, array)")
+    if not array.dtype.isnative:  # torch reads only the machine's byte order; this costs one copy in memory
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:

@@ -22,6 +22,7 @@ import yaml
 
 from debiaspl.analysis.plots import learning_curves_figure, save_figure
 from debiaspl.analysis.tables import write_csv
+from debiaspl.config import EXECUTION_KEYS, UNUSED_BY_FIXMATCH, flatten
 from debiaspl.errors import UserError
 from debiaspl.run_folder import CONFIG_NAME, METRICS_NAME, RESULTS_NAME, write_text
 
@@ -29,10 +30,6 @@ METRICS = ("top1", "balanced_acc", "acc_many", "acc_medium", "acc_few", "pseudo_
 METRIC_HEADERS = {"top1": "top-1", "balanced_acc": "balanced", "acc_many": "many", "acc_medium": "medium",
                   "acc_few": "few", "pseudo_kl_to_true": "pseudo-label KL"}
 STATISTICS = ("final", "median_last")
-# Keys that change how a run is executed or logged, not what it learns.
-NOT_A_SETTING = ("train.seed", "train.device", "data.num_workers", "data.augment_on", "eval.batch_size", "hooks")
-NOT_A_SETTING_PREFIXES = ("logging.",)
-UNUSED_BY_FIXMATCH = ("algorithm.tau", "algorithm.marginal_momentum")
 
 
 @dataclass
@@ -75,9 +72,11 @@ def load_run_record(folder: Path) -> RunRecord | None:
         final = json.loads((folder / RESULTS_NAME).read_text())
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise UserError(f"{folder}: cannot read the run's config or results: {exc}") from None
-    keys = _flatten(config)
+    if not isinstance(config, dict) or not isinstance(final, dict):
+        raise UserError(f"{folder}: {CONFIG_NAME} or {RESULTS_NAME} does not hold a mapping; is this a run folder?")
+    keys = flatten(config)
     algorithm = keys.get("algorithm.name", "?")
-    setting_keys = {key: value for key, value in keys.items() if _is_setting(key)
+    setting_keys = {key: value for key, value in keys.items() if key not in EXECUTION_KEYS and key != "train.seed"
                     and not (algorithm == "fixmatch" and key in UNUSED_BY_FIXMATCH)}
     return RunRecord(folder=folder, algorithm=str(algorithm), seed=int(keys.get("train.seed", 0)),
                      setting_keys=setting_keys, final={m: _number(final.get(m)) for m in METRICS},
@@ -89,8 +88,11 @@ def read_evaluations(path: Path) -> list[dict]:
     by_step: dict[int, dict] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
-            entry = json.loads(line) if line.strip() else {}
-            if "eval/top1" in entry:
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a line half-written by a crash
+                continue
+            if isinstance(entry, dict) and "eval/top1" in entry and "step" in entry:
                 by_step[entry["step"]] = {"step": entry["step"],
                                           **{m: _number(entry.get(f"eval/{m}")) for m in METRICS}}
     return [by_step[step] for step in sorted(by_step)]
@@ -109,7 +111,7 @@ def group_rows(records: list[RunRecord]) -> list[Row]:
                and len({repr(record.setting_keys[key]) for record in records if key in record.setting_keys}) > 1]
     rows: dict[tuple[str, str], Row] = {}
     for record in records:
-        setting = ", ".join(f"{key}={record.setting_keys.get(key, '-')}" for key in varying
+        setting = ", ".join(f"{key}={record.setting_keys[key]}" for key in varying
                             if not key.startswith("algorithm.") and key in record.setting_keys) or "-"
         algorithm = " ".join([record.algorithm, *(f"{key.partition('.')[2]}={record.setting_keys[key]}"
                                                    for key in varying if key.startswith("algorithm.")
@@ -146,8 +148,26 @@ def summary_rows(rows: list[Row], last: int) -> list[dict]:
     return table
 
 
-def markdown_report(table: list[dict], last: int, skipped: list[Path]) -> str:
-    titles = {"final": "Final evaluation of the EMA model",
+def report_notes(rows: list[Row], last: int, skipped: list[Path]) -> list[str]:
+    """What a reader of the tables should know about the runs behind them."""
+    notes = []
+    for row in rows:
+        seeds = [record.seed for record in row.runs]
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        if repeated:
+            notes.append(f"{row.label}: seed {', '.join(map(str, repeated))} appears in more than one run "
+                         f"(the same run trained twice?); each counts in the mean and std")
+    fewest = min((record for row in rows for record in row.runs), key=lambda record: len(record.evaluations))
+    if len(fewest.evaluations) < last:
+        notes.append(f"some runs have fewer than {last} evaluations (the fewest: {len(fewest.evaluations)}, "
+                     f"{fewest.folder}); their median takes all they have")
+    if skipped:
+        notes.append("not finished, left out: " + ", ".join(str(folder) for folder in skipped))
+    return notes
+
+
+def markdown_report(table: list[dict], last: int, notes: list[str]) -> str:
+    titles = {"final": "Final evaluation (of the EMA model, unless the run set eval.use_ema: false)",
               "median_last": f"Median of the last {last} evaluations (as FixMatch and DASO report)"}
     lines = []
     for statistic in STATISTICS:
@@ -158,10 +178,10 @@ def markdown_report(table: list[dict], last: int, skipped: list[Path]) -> str:
             cells = [_mean_std(entry[f"{m}_mean"], entry[f"{m}_std"], m) for m in METRICS]
             lines.append(f"| {entry['setting']} | {entry['algorithm']} | {entry['seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("Mean +/- sample standard deviation over seeds; accuracies in %; pseudo-label KL: "
-                 "KL(pseudo-label class histogram || true class histogram) on the whole unlabeled set, in nats.")
-    if skipped:
-        lines += ["", "Not finished, left out: " + ", ".join(str(folder) for folder in skipped)]
+    lines.append("Mean +/- sample standard deviation over seeds (a metric a run did not record is left out of its "
+                 "mean; '-' where no run has it); accuracies in %; pseudo-label KL: KL(pseudo-label class "
+                 "histogram || true class histogram) on the whole unlabeled set, in nats.")
+    lines += [f"\nNote: {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -186,7 +206,7 @@ def write_report(paths: list[Path], out: Path | None, last: int = 20) -> tuple[s
     out = out if out is not None else paths[0] / "report"
     rows = group_rows(records)
     table = summary_rows(rows, last)
-    markdown = markdown_report(table, last, skipped)
+    markdown = markdown_report(table, last, report_notes(rows, last, skipped))
     write_text(out / "report.md", markdown)
     write_csv(out / "report.csv", {key: [entry[key] for entry in table] for key in table[0]})
     per_run = [(row, record) for row in rows for record in row.runs]
@@ -213,20 +233,6 @@ def _mean_std(mean: float, std: float, metric: str) -> str:
     scale, digits = (1, 3) if metric == "pseudo_kl_to_true" else (100, 2)
     text = f"{scale * mean:.{digits}f}"
     return text if math.isnan(std) else f"{text} ± {scale * std:.{digits}f}"
-
-
-def _flatten(config: dict, prefix: str = "") -> dict[str, object]:
-    keys = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            keys.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            keys[f"{prefix}{key}"] = value
-    return keys
-
-
-def _is_setting(key: str) -> bool:
-    return key not in NOT_A_SETTING and not key.startswith(NOT_A_SETTING_PREFIXES)
 
 
 def _number(value) -> float:

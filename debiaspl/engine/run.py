@@ -10,50 +10,70 @@ from pathlib import Path
 
 import torch
 
-from debiaspl.config import ExperimentConfig, replace_dotted, save_config, to_dict
+from debiaspl.config import (EXECUTION_KEYS, ExperimentConfig, flatten, load_experiment, replace_dotted, save_config,
+                             to_dict)
 from debiaspl.data.datasets import check_source_available
 from debiaspl.data.prepare import prepare_data
 from debiaspl.device import resolve_device
 from debiaspl.engine.distributed import Distributed
 from debiaspl.engine.run_log import NullLog, RunLog
-from debiaspl.engine.trainer import Trainer
+from debiaspl.engine.trainer import Trainer, use_bf16
 from debiaspl.errors import UserError
 from debiaspl.run_folder import (CHECKPOINT_NAME, CONFIG_NAME, LABEL_FILE_COPY, RESULTS_NAME, RUN_INFO_NAME,
                                  load_run_checkpoint, write_json)
 
 
-# Keys that change where and how a run reports, never its trained weights: they may differ on resume.
-RESUME_SAFE_KEYS = frozenset({
-    "data.root", "data.download", "data.num_workers", "data.augment_on", "train.device", "train.deterministic",
-    "train.compile", "eval.batch_size",
-    "eval.interval", "eval.use_ema", "logging.run_dir", "logging.run_name", "logging.log_interval",
-    "logging.checkpoint_interval", "logging.progress_bar", "hooks",
-    "data.label_file",  # a resumed run uses the run folder's copy of the file it started with
-})
+# Keys that may differ when a run resumes: those that never change the trained weights, and two
+# more: how often and what is evaluated, and the label file (a resumed run uses the run folder's copy
+# of the file it started with).
+RESUME_SAFE_KEYS = EXECUTION_KEYS | {"eval.interval", "eval.use_ema", "data.label_file"}
 
 
 def run_folder(config: ExperimentConfig) -> Path:
     return Path(config.logging.run_dir) / config.logging.run_name
 
 
+def finished_results(config: ExperimentConfig) -> dict | None:
+    """The run's results.json when it trained to train.steps (with or without its checkpoint), else None."""
+    path = run_folder(config) / RESULTS_NAME
+    try:
+        results = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None  # unreadable: train_run rewrites it when the run finishes
+    return results if isinstance(results, dict) and results.get("step", 0) >= config.train.steps else None
+
+
 def run_state(config: ExperimentConfig) -> str:
     """'finished', 'stopped at step S of T' or 'not started': what train_run would do with this run."""
+    if finished_results(config) is not None:
+        return "finished"
     checkpoint_path = run_folder(config) / CHECKPOINT_NAME
     if not checkpoint_path.exists():
         return "not started"
-    step = load_run_checkpoint(checkpoint_path)[0]["step"]
-    if (run_folder(config) / RESULTS_NAME).exists() and step >= config.train.steps:
-        return "finished"
-    return f"stopped at step {step} of {config.train.steps}"
+    return f"stopped at step {load_run_checkpoint(checkpoint_path)[0]['step']} of {config.train.steps}"
 
 
 def preflight(config: ExperimentConfig) -> None:
     """Cheap checks that catch user mistakes before any run of a batch starts training."""
     resolve_device(config.train.device)
     check_source_available(config.data.dataset, config.data.root, config.data.download)
-    checkpoint_path = run_folder(config) / CHECKPOINT_NAME
-    if checkpoint_path.exists():
-        check_resumable(load_run_checkpoint(checkpoint_path)[1], config, run_folder(config))
+    saved_state(config)
+
+
+def saved_state(config: ExperimentConfig) -> dict | None:
+    """The run folder's checkpoint, after checking that this config may continue (or rerun) it.
+
+    A finished run whose checkpoint was deleted is checked against its saved config.yaml, so that
+    changed settings are refused rather than answered with the old results.
+    """
+    run_dir = run_folder(config)
+    if (run_dir / CHECKPOINT_NAME).exists():
+        state, saved = load_run_checkpoint(run_dir / CHECKPOINT_NAME)
+        check_resumable(saved, config, run_dir)
+        return state
+    if (run_dir / RESULTS_NAME).is_file() and (run_dir / CONFIG_NAME).is_file():
+        check_resumable(load_experiment(run_dir / CONFIG_NAME), config, run_dir)
+    return None
 
 
 def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
@@ -63,16 +83,14 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     split across jobs of limited length.
     """
     run_dir = run_folder(config)
-    checkpoint_path = run_dir / CHECKPOINT_NAME
     distributed = Distributed.from_environment()  # one process, or one of those torchrun started
     say = print if distributed.is_main else _silent
-    state = None
-    if checkpoint_path.exists():
-        state, saved_config = load_run_checkpoint(checkpoint_path)
-        check_resumable(saved_config, config, run_dir)
-        if (run_dir / RESULTS_NAME).exists() and state["step"] >= config.train.steps:
-            say(f"{run_dir}: already finished at step {state['step']}; results in {run_dir / RESULTS_NAME}")
-            return json.loads((run_dir / RESULTS_NAME).read_text())
+    state = saved_state(config)
+    finished = finished_results(config)
+    if finished is not None:  # its checkpoint may have been deleted to save space: never train it again
+        say(f"{run_dir}: already finished at step {finished['step']}; results in {run_dir / RESULTS_NAME}")
+        return finished
+    if state is not None:
         say(f"{run_dir}: resuming from step {state['step']} of {config.train.steps}")
     label_copy = run_dir / LABEL_FILE_COPY
     if state is not None and config.data.label_file and label_copy.is_file():
@@ -95,7 +113,8 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
         except OSError as exc:
             raise UserError(f"cannot write the run folder {run_dir} (logging.run_dir / logging.run_name): {exc}") from None
         write_json(run_dir / RUN_INFO_NAME, {**data.summary(), "device": str(device),
-                                             "processes": distributed.world_size})
+                                             "processes": distributed.world_size,
+                                             "bf16_autocast": use_bf16(config.train.precision, device)})
     say(f"labeled {data.labeled_counts} ({sum(data.labeled_counts)}), unlabeled {data.unlabeled_counts} "
         f"({sum(data.unlabeled_counts)}), test {len(data.test.labels)}"
         + (f"; {distributed.world_size} processes" if distributed.enabled else ""))
@@ -136,23 +155,12 @@ def _use_deterministic_kernels() -> None:
 
 def check_resumable(saved: ExperimentConfig, current: ExperimentConfig, run_dir: Path) -> None:
     """Refuse to continue a run under settings that would change what it trains."""
-    changes = _diff(to_dict(saved), to_dict(current))
-    blocking = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in sorted(changes.items())
-                if key not in RESUME_SAFE_KEYS]
+    old, new = flatten(to_dict(saved)), flatten(to_dict(current))
+    blocking = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
+                if old.get(key) != new.get(key) and key not in RESUME_SAFE_KEYS]
     if blocking:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(blocking)}); resume it with "
                         f"the same settings, or start a new run with --set logging.run_name=NEW_NAME")
-
-
-def _diff(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
-    changes = {}
-    for key in old.keys() | new.keys():
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes.update(_diff(a, b, f"{prefix}{key}."))
-        elif a != b:
-            changes[prefix + key] = (a, b)
-    return changes
 
 
 def _split_table(class_names: list[str], labeled: list[int], unlabeled: list[int]) -> str:

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from debiaspl.config import ExperimentConfig, load_experiment, parse_override, replace_dotted
+from debiaspl.config import (EXECUTION_KEYS, UNUSED_BY_FIXMATCH, ExperimentConfig, flatten, load_experiment,
+                             parse_override, replace_dotted, to_dict)
 from debiaspl.errors import UserError
 
 
@@ -44,33 +45,57 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     for part in text.split(","):
         first, dash, last = part.strip().partition("-")
         try:
-            seeds.extend(range(int(first), int(last) + 1) if dash else [int(first)])
+            span = range(int(first), int(last) + 1) if dash else [int(first)]
         except ValueError:
             raise UserError(f"--seeds {text!r}: expected non-negative integers like 0,1,2 or 0-4") from None
+        if not span:
+            raise UserError(f"--seeds {text!r}: the range {part.strip()} is empty; write it low-high")
+        seeds.extend(span)
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds {text!r}: expected distinct seeds like 0,1,2 or 0-4")
     return tuple(seeds)
 
 
 def sweep_configs(experiment: Path, overrides: list[str], axes: list[GridAxis],
-                  seeds: tuple[int, ...] | None) -> list[ExperimentConfig]:
-    """One validated config per grid point and seed, each with its own run folder."""
+                  seeds: tuple[int, ...] | None) -> tuple[list[ExperimentConfig], list[str]]:
+    """One validated config per distinct grid point and seed, each with its own run folder.
+
+    Returns (configs, notes): grid points that would train the same run as an earlier one (FixMatch
+    under several algorithm.tau values, or 0.4 and 0.40) are left out, each with a note.
+    """
     if len({axis.key for axis in axes}) != len(axes):
         raise UserError("--set-grid names the same key twice; put all its values in one --set-grid")
     if any(axis.key == "train.seed" for axis in axes):
         raise UserError("give seeds with --seeds, not --set-grid train.seed=...")
     base = load_experiment(experiment, overrides)
     parent = Path(base.logging.run_dir) / base.logging.run_name
-    configs = []
+    configs, notes, trains = [], [], {}
     # seed by seed, so a sweep stopped early has every setting for its first seeds
     for seed in seeds if seeds is not None else (base.train.seed,):
         for point in itertools.product(*(axis.values for axis in axes)):
             assignments = [f"{axis.key}={value}" for axis, value in zip(axes, point)]
             config = load_experiment(experiment, [*overrides, *assignments, f"train.seed={seed}"])
             name = "-".join([*(_slug(axis.key, value) for axis, value in zip(axes, point)), f"seed{seed}"])
-            config = replace_dotted(config, "logging.run_dir", str(parent))
-            configs.append(replace_dotted(config, "logging.run_name", name))
-    return configs
+            config = replace_dotted(replace_dotted(config, "logging.run_dir", str(parent)), "logging.run_name", name)
+            what_it_trains = _what_it_trains(config)
+            if what_it_trains in trains:
+                notes.append(f"{name} would train the same run as {trains[what_it_trains]}; left out")
+                continue
+            clash = next((c.logging.run_name for c in configs if c.logging.run_name.lower() == name.lower()), None)
+            if clash is not None:
+                raise UserError(f"grid values {', '.join(assignments)} give the run folder name {name!r}, as "
+                                f"another grid point does ({clash!r}); use values that differ in letters or digits")
+            trains[what_it_trains] = name
+            configs.append(config)
+    return configs, notes
+
+
+def _what_it_trains(config: ExperimentConfig) -> str:
+    """The config without the keys that do not change the trained run (nor those FixMatch ignores)."""
+    settings = {key: value for key, value in flatten(to_dict(config)).items() if key not in EXECUTION_KEYS}
+    if config.algorithm.name == "fixmatch":
+        settings = {key: value for key, value in settings.items() if key not in UNUSED_BY_FIXMATCH}
+    return repr(sorted(settings.items()))
 
 
 def _slug(key: str, value: str) -> str:
