@@ -159,7 +159,7 @@ def test_statistics(tmp_path):
     assert [e["step"] for e in evaluations] == [10, 20, 30, 40, 50]
     assert median_of_last(evaluations, "top1", 3) == 0.3 and median_of_last(evaluations, "top1", 20) == 0.3
     assert median_of_last(evaluations, "top1", 2) == pytest.approx(0.35)
-    markdown, out = write_report([tmp_path], None, last=2)
+    markdown, _ = write_report([tmp_path], None, last=2)
     assert "| - | fixmatch | 0 | 30.00 | - |" in markdown  # one seed: no std; a null result: a dash
     assert "Median of the last 2 evaluations" in markdown and "35.00" in markdown
     with pytest.raises(UserError, match="--last"):
