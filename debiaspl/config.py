@@ -48,7 +48,7 @@ class DataConfig:
     split_seed: int = option(0, "seed of the labeled/unlabeled draw (separate from train.seed so runs share a split)", ge=0)
     strong_augment: Literal["fixmatch", "usb"] = option("fixmatch", "RandAugment variant of the strong view: FixMatch's (2 ops, random magnitude, p=0.5) or USB's (3 ops)")
     num_workers: int = option(0, "background processes that gather and augment batches (0: in the training process, which on few CPU cores is faster: a worker competes with the compute threads)", ge=0)
-    augment_on: Literal["auto", "loader", "device"] = option("auto", "where batches are augmented: in the loader's worker processes, or on the training device after the copy (auto: device on CUDA, loader on CPU); the result is the same")
+    augment_on: Literal["auto", "loader", "device"] = option("auto", "where batches are augmented: in the loader (the training process, or its workers), or on the training device after the copy (auto: device on CUDA, loader on CPU); the result is the same")
     label_file: str = option("", "CSV with columns sample_id,label (class name or index): these train-pool images join the labeled set with these labels, e.g. newly annotated ones from `debiaspl select` (a relative path is relative to the working directory)")
 
 
