@@ -142,6 +142,13 @@ EXECUTION_KEYS = frozenset({
 UNUSED_BY_FIXMATCH = frozenset({"algorithm.tau", "algorithm.marginal_momentum"})
 
 
+def training_settings(flat: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a flattened config that decide what a run learns: all but EXECUTION_KEYS and, for
+    FixMatch, the DebiasPL keys it ignores. Two runs with equal training settings train the same run."""
+    ignored = UNUSED_BY_FIXMATCH if flat.get("algorithm.name") == "fixmatch" else frozenset()
+    return {key: value for key, value in flat.items() if key not in EXECUTION_KEYS and key not in ignored}
+
+
 def flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
     """{'train': {'steps': 1}} -> {'train.steps': 1}; lists (the hooks) stay whole values."""
     keys = {}

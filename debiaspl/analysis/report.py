@@ -22,7 +22,7 @@ import yaml
 
 from debiaspl.analysis.plots import learning_curves_figure, save_figure
 from debiaspl.analysis.tables import write_csv
-from debiaspl.config import EXECUTION_KEYS, UNUSED_BY_FIXMATCH, flatten
+from debiaspl.config import flatten, training_settings
 from debiaspl.errors import UserError
 from debiaspl.run_folder import CONFIG_NAME, METRICS_NAME, RESULTS_NAME, write_text
 
@@ -37,7 +37,7 @@ class RunRecord:
     folder: Path
     algorithm: str
     seed: int
-    setting_keys: dict[str, object]        # flattened config without the keys above
+    setting_keys: dict[str, object]        # config.training_settings without train.seed
     final: dict[str, float]                # the final EMA evaluation
     evaluations: list[dict]                # metrics.jsonl evaluation lines, by step
 
@@ -76,8 +76,7 @@ def load_run_record(folder: Path) -> RunRecord | None:
         raise UserError(f"{folder}: {CONFIG_NAME} or {RESULTS_NAME} does not hold a mapping; is this a run folder?")
     keys = flatten(config)
     algorithm = keys.get("algorithm.name", "?")
-    setting_keys = {key: value for key, value in keys.items() if key not in EXECUTION_KEYS and key != "train.seed"
-                    and not (algorithm == "fixmatch" and key in UNUSED_BY_FIXMATCH)}
+    setting_keys = {key: value for key, value in training_settings(keys).items() if key != "train.seed"}
     return RunRecord(folder=folder, algorithm=str(algorithm), seed=int(keys.get("train.seed", 0)),
                      setting_keys=setting_keys, final={m: _number(final.get(m)) for m in METRICS},
                      evaluations=read_evaluations(folder / METRICS_NAME))

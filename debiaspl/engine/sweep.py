@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from debiaspl.config import (EXECUTION_KEYS, UNUSED_BY_FIXMATCH, ExperimentConfig, flatten, load_experiment,
-                             parse_override, replace_dotted, to_dict)
+from debiaspl.config import (ExperimentConfig, flatten, load_experiment, parse_override, replace_dotted,
+                             to_dict, training_settings)
 from debiaspl.errors import UserError
 
 
@@ -77,7 +77,7 @@ def sweep_configs(experiment: Path, overrides: list[str], axes: list[GridAxis],
             config = load_experiment(experiment, [*overrides, *assignments, f"train.seed={seed}"])
             name = "-".join([*(_slug(axis.key, value) for axis, value in zip(axes, point)), f"seed{seed}"])
             config = replace_dotted(replace_dotted(config, "logging.run_dir", str(parent)), "logging.run_name", name)
-            what_it_trains = _what_it_trains(config)
+            what_it_trains = repr(sorted(training_settings(flatten(to_dict(config))).items()))
             if what_it_trains in trains:
                 notes.append(f"{name} would train the same run as {trains[what_it_trains]}; left out")
                 continue
@@ -88,14 +88,6 @@ def sweep_configs(experiment: Path, overrides: list[str], axes: list[GridAxis],
             trains[what_it_trains] = name
             configs.append(config)
     return configs, notes
-
-
-def _what_it_trains(config: ExperimentConfig) -> str:
-    """The config without the keys that do not change the trained run (nor those FixMatch ignores)."""
-    settings = {key: value for key, value in flatten(to_dict(config)).items() if key not in EXECUTION_KEYS}
-    if config.algorithm.name == "fixmatch":
-        settings = {key: value for key, value in settings.items() if key not in UNUSED_BY_FIXMATCH}
-    return repr(sorted(settings.items()))
 
 
 def _slug(key: str, value: str) -> str:
