@@ -27,6 +27,13 @@ def cpu_flags() -> frozenset[str]:
         return frozenset()
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the forward pass runs under bf16 autocast (train.precision: bf16, fp32 or auto)."""
+    if precision != "auto":
+        return precision == "bf16"
+    return bf16_is_fast(device)
+
+
 def bf16_is_fast(device: torch.device, flags: frozenset[str] | None = None) -> bool:
     """Whether bf16 autocast is the faster choice on this device (train.precision: auto).
 

@@ -155,8 +155,7 @@ def test_speed_options_train(tiny, train):
 
 
 def test_precision_auto_takes_bf16_only_where_the_hardware_has_it():
-    from debiaspl.device import bf16_is_fast
-    from debiaspl.engine.trainer import use_bf16
+    from debiaspl.device import bf16_is_fast, use_bf16
     cpu = torch.device("cpu")
     assert bf16_is_fast(cpu, frozenset({"avx512f", "avx512_bf16"})) and bf16_is_fast(cpu, frozenset({"amx_bf16"}))
     assert not bf16_is_fast(cpu, frozenset({"avx512f", "avx512bw"}))  # bf16 only emulated: slower than fp32

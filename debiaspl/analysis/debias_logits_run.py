@@ -16,7 +16,7 @@ import torch
 
 from debiaspl.algorithm.zero_shot import debias_logit_stream
 from debiaspl.analysis.distribution import imbalance_ratio, kl_divergence
-from debiaspl.analysis.metrics import per_class_accuracy
+from debiaspl.analysis.metrics import balanced_accuracy, per_class_accuracy
 from debiaspl.errors import UserError
 from debiaspl.run_folder import write_json, write_text
 
@@ -94,9 +94,8 @@ def _describe(predicted: torch.Tensor, confidence: torch.Tensor, labels: torch.T
         result["confident_fraction"] = confident.float().mean().item()
     if labels is not None:
         correct = (predicted == labels).float()
-        class_acc = per_class_accuracy(predicted, labels, num_classes)
         result.update({"accuracy": correct.mean().item(),
-                       "balanced_accuracy": class_acc[~class_acc.isnan()].mean().item(),
+                       "balanced_accuracy": balanced_accuracy(per_class_accuracy(predicted, labels, num_classes)),
                        "kl_to_true": kl_divergence(histogram, torch.bincount(labels, minlength=num_classes))})
         if confident is not None:
             result["accuracy_confident"] = correct[confident].mean().item() if confident.any() else math.nan

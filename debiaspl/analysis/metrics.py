@@ -26,6 +26,11 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_clas
     return correct / total
 
 
+def balanced_accuracy(class_acc: torch.Tensor) -> float:
+    """Mean of per_class_accuracy over the classes present in the labels (the nan entries left out)."""
+    return class_acc[~class_acc.isnan()].mean().item()
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, labeled_counts: list[int]) -> dict:
     """top1, balanced_acc, acc_many/medium/few (mean per-class accuracy of each group), class_acc [C].
 
@@ -34,9 +39,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, labeled_c
     num_classes = logits.shape[1]
     predictions = logits.argmax(dim=1)
     class_acc = per_class_accuracy(predictions, labels, num_classes)
-    present = ~class_acc.isnan()
-    metrics = {"top1": (predictions == labels).double().mean().item(),
-               "balanced_acc": class_acc[present].mean().item()}
+    metrics = {"top1": (predictions == labels).double().mean().item(), "balanced_acc": balanced_accuracy(class_acc)}
     for group, members in shot_groups(labeled_counts).items():
         values = class_acc[members]
         values = values[~values.isnan()]

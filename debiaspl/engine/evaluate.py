@@ -8,7 +8,7 @@ from torch import nn
 from debiaspl.algorithm import debias_logits, make_pseudo_labels
 from debiaspl.analysis.distribution import kl_divergence
 from debiaspl.analysis.inference import predict_logits
-from debiaspl.analysis.metrics import classification_metrics, per_class_accuracy
+from debiaspl.analysis.metrics import balanced_accuracy, classification_metrics, per_class_accuracy
 from debiaspl.data.datasets import ImageSet
 
 
@@ -30,15 +30,15 @@ def evaluate_pseudo_labels(model: nn.Module, unlabeled: ImageSet, class_marginal
     """
     logits = predict_logits(model, unlabeled.images, mean, std, batch_size, device)
     pseudo = make_pseudo_labels(debias_logits(logits, class_marginal.cpu(), tau), threshold)
-    correct = (pseudo.labels == unlabeled.labels).double()
-    class_acc = per_class_accuracy(pseudo.labels, unlabeled.labels, logits.shape[1])
-    masked = pseudo.mask.double()
     num_classes = logits.shape[1]
+    correct = (pseudo.labels == unlabeled.labels).double()
+    class_acc = per_class_accuracy(pseudo.labels, unlabeled.labels, num_classes)
+    masked = pseudo.mask.double()
     pseudo_histogram = torch.bincount(pseudo.labels, minlength=num_classes)
     true_histogram = torch.bincount(unlabeled.labels, minlength=num_classes)
     return {
         "pseudo_acc": correct.mean().item(),
-        "pseudo_balanced_acc": class_acc[~class_acc.isnan()].mean().item(),
+        "pseudo_balanced_acc": balanced_accuracy(class_acc),
         "pseudo_mask_rate": masked.mean().item(),
         "pseudo_acc_masked": ((correct * masked).sum() / masked.sum()).item() if masked.sum() > 0 else float("nan"),
         "pseudo_kl_to_true": kl_divergence(pseudo_histogram, true_histogram),

@@ -14,10 +14,10 @@ from debiaspl.config import (EXECUTION_KEYS, ExperimentConfig, flatten, load_exp
                              to_dict)
 from debiaspl.data.datasets import check_source_available
 from debiaspl.data.prepare import prepare_data
-from debiaspl.device import resolve_device
+from debiaspl.device import resolve_device, use_bf16
 from debiaspl.engine.distributed import Distributed
 from debiaspl.engine.run_log import NullLog, RunLog
-from debiaspl.engine.trainer import Trainer, use_bf16
+from debiaspl.engine.trainer import Trainer
 from debiaspl.errors import UserError
 from debiaspl.run_folder import (CHECKPOINT_NAME, CONFIG_NAME, LABEL_FILE_COPY, RESULTS_NAME, RUN_INFO_NAME,
                                  load_run_checkpoint, write_json)

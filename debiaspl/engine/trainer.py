@@ -21,7 +21,7 @@ from debiaspl.algorithm import ALGORITHMS, uniform_class_marginal
 from debiaspl.config import ExperimentConfig, to_dict
 from debiaspl.data.loaders import augment_batch, to_model_input, train_loader
 from debiaspl.data.prepare import TrainingData
-from debiaspl.device import bf16_is_fast
+from debiaspl.device import use_bf16
 from debiaspl.engine.checkpoint import capture_rng_state, restore_rng_state
 from debiaspl.engine.distributed import Distributed
 from debiaspl.engine.evaluate import evaluate_model, evaluate_pseudo_labels
@@ -32,12 +32,8 @@ from debiaspl.engine.timing import StepTimer
 from debiaspl.hooks import HOOKS, RunContext, StepRecord
 from debiaspl.models import build_model
 from debiaspl.models.ema import ModelEMA
-from debiaspl.run_folder import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_NAME,
-    save_checkpoint,
-    snapshot_path,
-)
+from debiaspl.run_folder import CHECKPOINT_FORMAT, CHECKPOINT_NAME, save_checkpoint, snapshot_path
+
 
 
 def build_step_function(config: ExperimentConfig):
@@ -48,13 +44,6 @@ def build_step_function(config: ExperimentConfig):
     if algorithm.name == "debiaspl":
         options["tau"] = algorithm.tau
     return functools.partial(ALGORITHMS[algorithm.name], **options)
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether the forward pass runs under bf16 autocast (train.precision)."""
-    if precision != "auto":
-        return precision == "bf16"
-    return bf16_is_fast(device)
 
 
 class Trainer:
