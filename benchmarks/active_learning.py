@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from debiaspl.analysis.load_run import load_run
-from debiaspl.analysis.plots import save_figure
+from debiaspl.metrics.plots import save_figure
 from debiaspl.analysis.select_run import select_samples
 from debiaspl.config import load_experiment, replace_dotted
 from debiaspl.engine.run import run_folder, train_run

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torchvision.transforms import v2
 
-from debiaspl.data.loaders import augment_batch
+from debiaspl.data.loaders import UnaugmentedBatch, augment_batch
 
 
 def per_image_pipelines(size: int):
@@ -56,7 +56,9 @@ def main() -> None:
     x_lb = torch.randint(0, 256, (args.batch_size, *shape), dtype=torch.uint8, generator=generator)
     x_ulb = torch.randint(0, 256, (args.batch_size * args.unlabeled_ratio, *shape), dtype=torch.uint8,
                           generator=generator)
-    batch = {"x_lb": x_lb, "x_ulb": x_ulb}
+    labels = torch.zeros(len(x_lb), dtype=torch.long)
+    batch = UnaugmentedBatch(x_lb, labels, labels, x_ulb, labels.repeat(args.unlabeled_ratio),
+                             labels.repeat(args.unlabeled_ratio))
     weak, strong = per_image_pipelines(args.size)
 
     def per_image():

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from debiaspl.analysis.inference import predict_logits
-from debiaspl.analysis.influence import precision_recall_at_k
+from debiaspl.inference import predict_logits
+from debiaspl.metrics.influence import precision_recall_at_k
 from debiaspl.analysis.influence_run import self_influence
 from debiaspl.analysis.load_run import load_run
 from debiaspl.config import HookConfig, load_experiment, replace_dotted

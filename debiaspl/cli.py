@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("experiment", type=Path, help="the experiment YAML file every run starts from")
     sweep.add_argument("--seeds", metavar="LIST", help="train.seed values: 0,1,2 or 0-2 (default: the file's seed)")
     sweep.add_argument("--set-grid", dest="grid", action="append", default=[], metavar="KEY=V1,V2",
-                       help="one grid axis, e.g. --set-grid algorithm.name=fixmatch,debiaspl (repeatable: "
+                       help="one grid axis, e.g. --set-grid algorithm.name=fixmatch,fixmatch+debiaspl (repeatable: "
                             "the runs are every combination)")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value in every run (repeatable)")
@@ -256,10 +256,11 @@ def _print_summary(results: list[dict]) -> None:
     if not present:  # every run paused before its first evaluation
         return
     width = max(len(r["run"]) for r in results)
-    print("\n" + f"{'run':<{width}}  {'algorithm':<9}  " + "  ".join(f"{c:>12}" for c in present))
+    algorithm_width = max(len("algorithm"), *(len(r["algorithm"]) for r in results))
+    print("\n" + f"{'run':<{width}}  {'algorithm':<{algorithm_width}}  " + "  ".join(f"{c:>12}" for c in present))
     for r in results:
         cells = "  ".join(f"{r[c]:>12.4f}" if c in r else f"{'-':>12}" for c in present)
-        print(f"{r['run']:<{width}}  {r['algorithm']:<9}  {cells}")
+        print(f"{r['run']:<{width}}  {r['algorithm']:<{algorithm_width}}  {cells}")
 
 
 def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

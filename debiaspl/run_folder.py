@@ -2,31 +2,31 @@
 
 `runs/<name>/` holds config.yaml (the resolved config), run_info.json (class names, counts,
 normalization), metrics.jsonl, TensorBoard event files, checkpoint.pt (the latest, resumable),
-snapshots/step_*.pt (model weights kept for TracIn, when logging.snapshot_interval is set) and
+snapshots/step_*.pt (model weights and algorithm state kept for TracIn, when logging.snapshot_interval is set) and
 results.json (when the run finished). The trainer writes it; the offline verbs (eval, influence,
 select) read it.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import tempfile
 from pathlib import Path
 
 import torch
 
-from debiaspl.config import ExperimentConfig, from_dict
+from debiaspl.config import ExperimentConfig, from_dict, upgrade_legacy_config
 from debiaspl.errors import UserError
 
 CONFIG_NAME, CHECKPOINT_NAME, RESULTS_NAME, RUN_INFO_NAME = "config.yaml", "checkpoint.pt", "results.json", "run_info.json"
 METRICS_NAME = "metrics.jsonl"
 SNAPSHOT_FOLDER = "snapshots"
 LABEL_FILE_COPY = "label_file.csv"  # data.label_file as the run trained on it (the original may change later)
-CHECKPOINT_FORMAT = 1
-CHECKPOINT_KEYS = ("format", "step", "model", "ema", "optimizer", "scheduler", "class_marginal", "monitor", "hooks",
-                   "rng", "config")
+# Format 2: the algorithm's state (q_hat and the base's own) under "algorithm"; format 1 kept only q_hat,
+# as "class_marginal", and a flat algorithm config. Both are read.
+CHECKPOINT_FORMAT = 2
+CHECKPOINT_KEYS = ("format", "step", "model", "ema", "optimizer", "scheduler", "algorithm", "monitor", "hooks", "rng",
+                   "config")
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -57,13 +57,27 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def load_run_checkpoint(path: str | Path) -> tuple[dict, ExperimentConfig]:
-    """A trainer checkpoint, checked for its format and keys, with the config it was trained under."""
+    """A trainer checkpoint, checked for its format and keys, with the config it was trained under.
+
+    A format-1 checkpoint comes back in format 2, so older runs resume and are analysed as before.
+    """
     state = load_checkpoint(path)
+    if isinstance(state, dict) and state.get("format") == 1 and "class_marginal" in state:
+        state = upgrade_format_1(state)
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a debiaspl checkpoint of format {CHECKPOINT_FORMAT} "
                         f"(missing: {', '.join(missing) or 'none'}); move it away to start the run afresh")
     return state, from_dict(state["config"], source=str(path))
+
+
+def upgrade_format_1(state: dict) -> dict:
+    """A format-1 trainer checkpoint or snapshot (q_hat as "class_marginal", flat algorithm config) in format 2."""
+    state = {**state, "algorithm": {"class_marginal": state["class_marginal"]}}
+    del state["class_marginal"]
+    if "config" in state:
+        state.update(format=CHECKPOINT_FORMAT, config=upgrade_legacy_config(state["config"]))
+    return state
 
 
 def snapshot_path(run_dir: Path, step: int) -> Path:
@@ -73,30 +87,6 @@ def snapshot_path(run_dir: Path, step: int) -> Path:
 def list_snapshots(run_dir: Path) -> list[Path]:
     """Snapshot files of a run, by step."""
     return sorted((run_dir / SNAPSHOT_FOLDER).glob("step_*.pt"))
-
-
-def write_text(path: Path, text: str | bytes) -> None:
-    """Atomically (temporary file + rename), so a crash never leaves half a file; makes the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(text) if isinstance(text, bytes) else tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Atomically; NaN and inf become null."""
-    write_text(path, json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n")
-
-
-def _finite(value):
-    """Valid JSON has no NaN: non-finite floats become None, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
 
 
 def require_run_folder(run_dir: Path) -> Path:

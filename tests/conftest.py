@@ -10,20 +10,29 @@ SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar1
 
 
 def tiny_config(run_dir: Path, **sections) -> ExperimentConfig:
-    """A digits-LT run of a few steps with the small CNN; `sections` override per section."""
+    """A digits-LT run of a few steps with the small CNN; `sections` override per section (nested ones
+    merge). The base algorithm's threshold is 0.5 unless a section says otherwise."""
     raw = {
         "data": {"dataset": "digits", "num_labeled_head": 20, "labeled_imbalance": 5, "num_unlabeled_head": 40,
                  "unlabeled_imbalance": 5, "num_workers": 0},
         "model": {"name": "small_cnn"},
         "train": {"steps": 6, "batch_size": 8, "unlabeled_ratio": 2, "device": "cpu"},
-        "algorithm": {"threshold": 0.5, "marginal_momentum": 0.9},
+        "algorithm": {"marginal_momentum": 0.9},
         "eval": {"interval": 3, "batch_size": 128},
         "logging": {"run_dir": str(run_dir), "run_name": "tiny", "log_interval": 2, "checkpoint_interval": 3,
                     "progress_bar": False},
     }
     for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values}
+        raw[section] = _merged(raw.get(section, {}), values)
+    algorithm = raw["algorithm"]
+    base = algorithm.get("name", "fixmatch+debiaspl").partition("+")[0]
+    algorithm[base] = {"threshold": 0.5, **algorithm.get(base, {})}
     return from_dict(raw, source="tiny config")
+
+
+def _merged(into: dict, update: dict) -> dict:
+    return {**into, **{key: _merged(into.get(key, {}), value) if isinstance(value, dict) else value
+                       for key, value in update.items()}}
 
 
 @pytest.fixture

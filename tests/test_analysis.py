@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from debiaspl.analysis.cartography import (NEVER_LEARNED, TD_METRICS_COLUMNS, region_of, td_metrics_records,
+from debiaspl.metrics.cartography import (NEVER_LEARNED, TD_METRICS_COLUMNS, region_of, td_metrics_records,
                                            top_k, training_dynamics_metrics)
-from debiaspl.analysis.distribution import (confusion_update, count_ratio, imbalance_ratio, kl_divergence,
+from debiaspl.metrics.distribution import (confusion_update, count_ratio, imbalance_ratio, kl_divergence,
                                             per_class_precision_recall)
-from debiaspl.analysis.plots import (class_distribution_figure, confusion_matrix_figure, data_map_figure,
+from debiaspl.metrics.plots import (class_distribution_figure, confusion_matrix_figure, data_map_figure,
                                      reliability_diagram_figure, save_figure)
-from debiaspl.analysis.uncertainty import (auroc_from_histograms, calibration_update, ece_from_predictions,
+from debiaspl.metrics.uncertainty import (auroc_from_histograms, calibration_update, ece_from_predictions,
                                            expected_calibration_error, histogram_update, normalized_entropy)
 
 nan = math.nan

@@ -9,7 +9,6 @@ from debiaspl.config import (ConfigError, ExperimentConfig, describe_fields, fro
                              parse_override, replace_dotted, save_config, to_dict)
 from debiaspl.data.datasets import DATASETS
 from debiaspl.models import MODELS
-from debiaspl.algorithm import ALGORITHMS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,19 +21,30 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 def test_defaults_are_the_paper_recipe():
     cfg = ExperimentConfig()
-    assert (cfg.algorithm.tau, cfg.algorithm.marginal_momentum, cfg.algorithm.threshold) == (0.4, 0.999, 0.95)
+    assert cfg.algorithm.name == "fixmatch+debiaspl"
+    assert (cfg.algorithm.layer.tau, cfg.algorithm.marginal_momentum, cfg.algorithm.base.threshold) == (0.4, 0.999, 0.95)
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay) == (0.03, 0.9, True, 5e-4)
     assert (cfg.train.batch_size, cfg.train.unlabeled_ratio, cfg.train.steps) == (64, 2, 2 ** 18)
 
 
 @pytest.mark.parametrize("text, message", [
-    ("algorithm:\n  tua: 0.4\n", "unknown key algorithm.tua; did you mean algorithm.tau?"),
+    ("algorithm:\n  tua: 0.4\n", "unknown key algorithm.tua; did you mean algorithm.debiaspl.tau?"),
+    ("algorithm:\n  tau: 0.4\n", "unknown key algorithm.tau; did you mean algorithm.debiaspl.tau?"),
+    ("algorithm:\n  debiaspl:\n    tua: 0.4\n", "unknown key algorithm.debiaspl.tua; did you mean algorithm.debiaspl.tau?"),
+    ("algorithm:\n  name: fixmatch\n  debiaspl:\n    tau: 0.4\n",
+     "algorithm.debiaspl holds the options of debiaspl, which algorithm.name = fixmatch does not include"),
+    ("algorithm:\n  flexmatch:\n    warmup: false\n", "algorithm.flexmatch holds the options of flexmatch, which "
+     "algorithm.name = fixmatch+debiaspl does not include"),
+    ("algorithm:\n  name: flexmatch\n  flexmatch:\n    warmup: 2\n", "algorithm.flexmatch.warmup = 2: must be true or false"),
+    ("algorithm:\n  name: debiaspl\n", "algorithm.name = 'debiaspl': debiaspl is a layer over a base algorithm: write "
+     "fixmatch+debiaspl or flexmatch+debiaspl"),
     ("trian:\n  steps: 3\n", "unknown key trian; did you mean train?"),
     ("train:\n  steps: many\n", "train.steps = 'many': must be a whole number"),
     ("train:\n  steps: 1.5\n", "train.steps = 1.5: must be a whole number"),
-    ("algorithm:\n  threshold: 1.5\n", "algorithm.threshold = 1.5: must be <= 1"),
+    ("algorithm:\n  fixmatch:\n    threshold: 1.5\n", "algorithm.fixmatch.threshold = 1.5: must be <= 1"),
     ("algorithm:\n  marginal_momentum: 1\n", "algorithm.marginal_momentum = 1: must be < 1"),
-    ("algorithm:\n  name: debiasPL\n", "algorithm.name = 'debiasPL': must be one of fixmatch, debiaspl (did you mean debiaspl?)"),
+    ("algorithm:\n  name: flexmatch+debiasPL\n", "algorithm.name = 'flexmatch+debiasPL': must be one of fixmatch, "
+     "flexmatch, fixmatch+debiaspl, flexmatch+debiaspl (did you mean flexmatch+debiaspl?)"),
     ("optim:\n  nesterov: 1\n", "optim.nesterov = 1: must be true or false"),
     ("model: wrn28_2\n", "model must be a section"),
     ("data:\n  unlabeled_imbalance: 0.5\n", "data.unlabeled_imbalance = 0.5: must satisfy |gamma_u| >= 1"),
@@ -64,11 +74,15 @@ def test_float_fields_accept_exponent_spellings(tmp_path):
 
 
 def test_base_files_merge_and_overrides_win(tmp_path):
-    write(tmp_path, "common.yaml", "train:\n  steps: 100\n  batch_size: 8\nalgorithm:\n  tau: 0.5\n")
+    write(tmp_path, "common.yaml", "train:\n  steps: 100\n  batch_size: 8\nalgorithm:\n  debiaspl:\n    tau: 0.5\n")
     child = write(tmp_path, "child.yaml", "base: common.yaml\ntrain:\n  steps: 200\n")
-    cfg = load_experiment(child, ["algorithm.tau=0.25", "algorithm.name=fixmatch", "optim.nesterov=false"])
+    cfg = load_experiment(child, ["algorithm.debiaspl.tau=0.25", "algorithm.name=flexmatch+debiaspl",
+                                  "algorithm.flexmatch.warmup=false", "optim.nesterov=false"])
     assert (cfg.train.steps, cfg.train.batch_size) == (200, 8)
-    assert (cfg.algorithm.tau, cfg.algorithm.name, cfg.optim.nesterov) == (0.25, "fixmatch", False)
+    assert (cfg.algorithm.layer.tau, cfg.algorithm.name, cfg.optim.nesterov) == (0.25, "flexmatch+debiaspl", False)
+    assert (cfg.algorithm.base.warmup, cfg.algorithm.base.threshold) == (False, 0.95)
+    # a layer's section may be emptied with null
+    assert load_experiment(child, ["algorithm.name=fixmatch", "algorithm.debiaspl=null"]).algorithm.layer is None
     assert cfg.logging.run_name == "child"
 
 
@@ -96,7 +110,7 @@ def test_bad_overrides(tmp_path):
 
 
 def test_save_load_round_trip(tmp_path):
-    cfg = replace_dotted(ExperimentConfig(), "algorithm.tau", 0.7)
+    cfg = replace_dotted(ExperimentConfig(), "algorithm.debiaspl.tau", 0.7)
     save_config(cfg, tmp_path / "config.yaml")
     again = load_experiment(tmp_path / "config.yaml")
     assert to_dict(again) == {**to_dict(cfg), "logging": {**to_dict(cfg)["logging"], "run_name": "config"}}
@@ -105,10 +119,15 @@ def test_save_load_round_trip(tmp_path):
 
 def test_choices_match_the_registries():
     from typing import get_args
-    from debiaspl.config import AlgorithmName, DatasetName, ModelName
+    from debiaspl.algorithm import ALGORITHMS, LAYERS
+    from debiaspl.config import DatasetName, ModelName
     assert set(get_args(DatasetName)) == set(DATASETS)
     assert set(get_args(ModelName)) == set(MODELS)
-    assert set(get_args(AlgorithmName)) == set(ALGORITHMS)
+    # every base and layer is documented in the reference, under its own section
+    keys = {key for key, *_ in describe_fields()}
+    assert {"algorithm.fixmatch.threshold", "algorithm.flexmatch.warmup", "algorithm.debiaspl.tau"} <= keys
+    assert {key.split(".")[1] for key in keys if key.count(".") == 2 and key.startswith("algorithm.")} == \
+        set(ALGORITHMS) | set(LAYERS)
 
 
 def test_every_field_is_documented():
@@ -123,10 +142,11 @@ def test_shipped_experiments_load(path):
 
 
 def test_cli_exits_2_with_one_line(tmp_path):
-    path = write(tmp_path, "bad.yaml", "algorithm:\n  tua: 0.4\n")
+    path = write(tmp_path, "bad.yaml", "algorithm:\n  debiaspl:\n    tua: 0.4\n")
     proc = subprocess.run([sys.executable, "-m", "debiaspl", "train", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"debiaspl: error: {path}: unknown key algorithm.tua; did you mean algorithm.tau?"]
+    assert proc.stderr.strip().splitlines() == [
+        f"debiaspl: error: {path}: unknown key algorithm.debiaspl.tua; did you mean algorithm.debiaspl.tau?"]
 
 
 def test_readme_config_reference_is_current(capsys):

@@ -121,13 +121,13 @@ def test_batches_are_a_function_of_step_and_workers_keep_order():
     direct = [make_train_batch(data.labeled, data.unlabeled, step, **options) for step in range(2, 7)]
     loaded = list(train_loader(data.labeled, data.unlabeled, start_step=2, end_step=7, num_workers=2,
                                pin_memory=False, **options))
-    assert [b["step"].item() for b in loaded] == [2, 3, 4, 5, 6]
-    for a, b in zip(direct, loaded):
-        for key in a:
-            assert torch.equal(a[key], b[key]), key
+    assert [step for step, _ in loaded] == [2, 3, 4, 5, 6]
+    for a, (_, b) in zip(direct, loaded):
+        for key in vars(a):
+            assert torch.equal(getattr(a, key), getattr(b, key)), key
     batch = direct[0]
-    assert batch["x_lb"].shape == (4, 1, 8, 8) and batch["x_ulb_strong"].shape == (8, 1, 8, 8)
-    assert torch.equal(batch["y_ulb"], data.unlabeled.labels[batch["idx_ulb"]])
+    assert batch.x_lb.shape == (4, 1, 8, 8) and batch.x_ulb_strong.shape == (8, 1, 8, 8)
+    assert torch.equal(batch.y_ulb, data.unlabeled.labels[batch.idx_ulb])
 
 
 def test_to_model_input_normalizes():

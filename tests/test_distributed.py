@@ -34,7 +34,7 @@ def test_two_processes_match_one(tmp_path, augment_on):
     from debiaspl.config import from_dict, to_dict
     configs = {}
     for name in ("one", "two"):
-        config = tiny_config(tmp_path / "runs", model={"name": "small_cnn_gn"}, algorithm={"threshold": 0.0},
+        config = tiny_config(tmp_path / "runs", model={"name": "small_cnn_gn"}, algorithm={"fixmatch": {"threshold": 0.0}},
                                     train={"steps": 4, "batch_size": 8, "precision": "fp32"}, data={"augment_on": augment_on},
                                     eval={"interval": 4}, logging={"run_name": name, "log_interval": 1,
                                                                   "checkpoint_interval": 4})

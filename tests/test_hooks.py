@@ -51,7 +51,7 @@ def context(tmp_path, num_classes=3, labeled=4, unlabeled=6, batch=2, unlabeled_
         labeled_labels=torch.tensor([i % num_classes for i in range(labeled)]), unlabeled_labels=ulb_labels,
         labeled_counts=[2, 1, 1][:num_classes], unlabeled_counts=torch.bincount(ulb_labels, minlength=num_classes).tolist(),
         batch_size=batch, unlabeled_batch_size=unlabeled_batch, total_steps=steps, start_step=start_step,
-        algorithm="debiaspl" if tau else "fixmatch", tau=tau, threshold=0.5, device=torch.device("cpu"))
+        algorithm="fixmatch+debiaspl" if tau else "fixmatch", debiased=tau > 0, device=torch.device("cpu"))
 
 
 def record(step, idx_lb, y_lb, logits_lb, idx_ulb, y_ulb, probs_weak, probs_pseudo, threshold=0.5, num_classes=3):
@@ -61,7 +61,8 @@ def record(step, idx_lb, y_lb, logits_lb, idx_ulb, y_ulb, probs_weak, probs_pseu
     zero = torch.tensor(0.0)
     return StepRecord(
         step=step, idx_lb=torch.tensor(idx_lb), y_lb=torch.tensor(y_lb),
-        logits_lb=torch.as_tensor(logits_lb, dtype=torch.float32), idx_ulb=torch.tensor(idx_ulb),
+        logits_lb=torch.as_tensor(logits_lb, dtype=torch.float32),
+        probs_lb=torch.softmax(torch.as_tensor(logits_lb, dtype=torch.float32), dim=1), idx_ulb=torch.tensor(idx_ulb),
         y_ulb=torch.tensor(y_ulb), logits_weak=torch.as_tensor(probs_weak, dtype=torch.float32).log(),
         probs_weak=torch.as_tensor(probs_weak, dtype=torch.float32), probs_pseudo=probs_pseudo, pseudo_labels=labels,
         mask=(confidence >= threshold).float(), class_marginal_before=marginal, class_marginal=marginal, loss=zero,
@@ -270,6 +271,7 @@ def test_hooks_do_not_read_the_device_every_step(tmp_path):
     for step in range(1, 4):
         rec = StepRecord(
             step=step, idx_lb=zeros(2, dtype=torch.long), y_lb=zeros(2, dtype=torch.long), logits_lb=zeros(2, 3),
+            probs_lb=zeros(2, 3),
             idx_ulb=zeros(3, dtype=torch.long), y_ulb=zeros(3, dtype=torch.long), logits_weak=zeros(3, 3),
             probs_weak=zeros(3, 3), probs_pseudo=zeros(3, 3), pseudo_labels=zeros(3, dtype=torch.long),
             mask=zeros(3), class_marginal_before=zeros(3), class_marginal=zeros(3), loss=zeros(()),
@@ -281,7 +283,7 @@ def test_hooks_do_not_read_the_device_every_step(tmp_path):
 # ---- with the trainer ------------------------------------------------------------------------------
 
 def test_hooks_leave_the_weights_bit_identical(tiny):
-    plain = tiny(logging={"run_name": "plain"}, algorithm={"threshold": 0.0})
+    plain = tiny(logging={"run_name": "plain"}, algorithm={"fixmatch": {"threshold": 0.0}})
     watched = from_dict({**_raw(plain), "hooks": ALL_HOOKS, "logging": {**_raw(plain)["logging"], "run_name": "hooked"}})
     train_run(plain)
     train_run(watched)
@@ -289,7 +291,7 @@ def test_hooks_leave_the_weights_bit_identical(tiny):
     b = load_checkpoint(run_folder(watched) / "checkpoint.pt")
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    assert torch.equal(a["class_marginal"], b["class_marginal"])
+    assert torch.equal(a["algorithm"]["class_marginal"], b["algorithm"]["class_marginal"])
 
 
 def _raw(config):

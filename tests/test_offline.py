@@ -104,8 +104,8 @@ def test_select_every_strategy(trained, strategy):
 
 
 def test_balanced_selection_spreads_over_classes(trained):
-    from debiaspl.analysis.inference import predict_logits
-    from debiaspl.analysis.selection import class_quotas, inverse_marginal_weights
+    from debiaspl.inference import predict_logits
+    from debiaspl.metrics.selection import class_quotas, inverse_marginal_weights
     out = trained / "selection" / "balanced.csv"
     assert debiaspl("select", trained, "--strategy", "entropy", "--k", 20, "--balance", "--out", out).returncode == 0
     rows = read_csv(out)
@@ -113,7 +113,8 @@ def test_balanced_selection_spreads_over_classes(trained):
     run = load_run(trained, device="cpu")
     from debiaspl.algorithm import debias_logits
     logits = predict_logits(run.model, run.data.unlabeled.images, run.mean, run.std, 256, run.device)
-    pool_sizes = torch.bincount(debias_logits(logits, run.class_marginal, run.tau).argmax(1), minlength=10)
+    pool_sizes = torch.bincount(debias_logits(logits, run.class_marginal, run.config.algorithm.layer.tau).argmax(1),
+                                minlength=10)
     quotas = class_quotas(pool_sizes, inverse_marginal_weights(run.class_marginal), 20)
     counts = [sum(row["predicted"] == name for row in rows) for name in run.data.class_names]
     assert counts == [int(q) for q in quotas]
@@ -121,7 +122,7 @@ def test_balanced_selection_spreads_over_classes(trained):
 
 def test_mc_dropout_samples_dropout_only_and_leaves_the_rng_alone(trained):
     from debiaspl.analysis.evaluate_run import mc_dropout_scores
-    from debiaspl.analysis.inference import predict_logits
+    from debiaspl.inference import predict_logits
     run = load_run(trained, device="cpu")
     images = run.data.test.images[:64]
     plain = predict_logits(run.model, images, run.mean, run.std, 32, run.device)
@@ -140,12 +141,12 @@ def test_mc_dropout_samples_dropout_only_and_leaves_the_rng_alone(trained):
 
 
 def test_unlabeled_self_influence_uses_the_debiased_pseudo_label(trained):
-    from debiaspl.analysis.inference import predict_logits
-    from debiaspl.analysis.influence import last_layer_self_influence
+    from debiaspl.inference import predict_logits
+    from debiaspl.metrics.influence import last_layer_self_influence
     from debiaspl.analysis.load_run import load_snapshot
     from debiaspl.run_folder import list_snapshots
     run = load_run(trained, device="cpu")
-    assert run.tau == 0.4
+    assert run.config.algorithm.name == "fixmatch+debiaspl" and run.config.algorithm.layer.tau == 0.4
     result = self_influence(run, split="unlabeled", write=False)
     expected = torch.zeros(len(run.data.unlabeled.labels), dtype=torch.float64)
     for path in list_snapshots(trained):
@@ -153,14 +154,14 @@ def test_unlabeled_self_influence_uses_the_debiased_pseudo_label(trained):
         run.load_weights(snapshot["model"])
         logits, features = predict_logits(run.model, run.data.unlabeled.images, run.mean, run.std, 256, run.device,
                                           with_features=True)
-        log_q = snapshot["class_marginal"].log()
+        log_q = snapshot["algorithm"]["class_marginal"].log()
         labels = (logits - 0.4 * log_q).argmax(1)
         expected += last_layer_self_influence(torch.softmax(logits + 0.4 * log_q, 1), labels, features, snapshot["lr"])
     assert torch.allclose(result["last_layer"], expected)
 
 
 def test_influence_restores_the_runs_weights(trained):
-    from debiaspl.analysis.inference import predict_logits
+    from debiaspl.inference import predict_logits
     run = load_run(trained, device="cpu")
     before = predict_logits(run.model, run.data.test.images[:32], run.mean, run.std, 32, run.device)
     self_influence(run, write=False)

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from debiaspl.analysis.influence import last_layer_self_influence, precision_recall_at_k
-from debiaspl.analysis.ood import detection_metrics, fpr_at_tpr, ood_scores, score_histogram_figure
-from debiaspl.analysis.predictive import (MCDropoutAccumulator, brier_score, negative_log_likelihood,
+from debiaspl.metrics.influence import last_layer_self_influence, precision_recall_at_k
+from debiaspl.metrics.ood import detection_metrics, fpr_at_tpr, ood_scores, score_histogram_figure
+from debiaspl.metrics.predictive import (MCDropoutAccumulator, brier_score, negative_log_likelihood,
                                           predictive_scores)
-from debiaspl.analysis.selection import (STRATEGIES, acquisition_scores, class_quotas, inverse_marginal_weights,
+from debiaspl.metrics.selection import (STRATEGIES, acquisition_scores, class_quotas, inverse_marginal_weights,
                                          select_class_balanced, select_top_k)
 
 LOG2 = math.log(2.0)

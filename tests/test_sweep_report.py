@@ -20,7 +20,7 @@ data: {dataset: digits, num_labeled_head: 20, labeled_imbalance: 5, num_unlabele
        num_workers: 0}
 model: {name: small_cnn}
 train: {steps: 6, batch_size: 8, unlabeled_ratio: 2, device: cpu}
-algorithm: {threshold: 0.5, marginal_momentum: 0.9}
+algorithm: {marginal_momentum: 0.9, fixmatch: {threshold: 0.5}}
 eval: {interval: 2, batch_size: 128}
 logging: {run_dir: RUN_DIR, log_interval: 2, checkpoint_interval: 2, progress_bar: false}
 """
@@ -50,20 +50,20 @@ def test_grid_axis_and_seeds_parse():
 
 
 def test_sweep_configs_are_seed_major_with_folders_per_point(experiment, tmp_path):
-    axes = [parse_grid_axis("algorithm.name=fixmatch,debiaspl"), parse_grid_axis("algorithm.tau=0.4,1")]
+    axes = [parse_grid_axis("algorithm.name=fixmatch,fixmatch+debiaspl"), parse_grid_axis("algorithm.debiaspl.tau=0.4,1")]
     configs, notes = sweep_configs(experiment, ["train.steps=4"], axes, seeds=(0, 1))
     names = [c.logging.run_name for c in configs]
-    # FixMatch ignores tau: its second tau value would train the same run again, so it is left out
-    assert names == ["fixmatch-tau=0.4-seed0", "debiaspl-tau=0.4-seed0", "debiaspl-tau=1-seed0",
-                     "fixmatch-tau=0.4-seed1", "debiaspl-tau=0.4-seed1", "debiaspl-tau=1-seed1"]
-    assert notes == [f"fixmatch-tau=1-seed{s} would train the same run as fixmatch-tau=0.4-seed{s}; left out"
-                     for s in (0, 1)]
+    # FixMatch has no tau: its second tau value would train the same run again, so it is left out
+    assert names == ["fixmatch-seed0", "fixmatch+debiaspl-tau=0.4-seed0", "fixmatch+debiaspl-tau=1-seed0",
+                     "fixmatch-seed1", "fixmatch+debiaspl-tau=0.4-seed1", "fixmatch+debiaspl-tau=1-seed1"]
+    assert notes == [f"fixmatch-tau=1-seed{s} would train the same run as fixmatch-seed{s} (algorithm.debiaspl.tau=1 "
+                     f"does not apply to algorithm.name = fixmatch); left out" for s in (0, 1)]
     assert {c.logging.run_dir for c in configs} == {str(tmp_path / "runs" / "grid")}
     assert [c.train.seed for c in configs] == [0] * 3 + [1] * 3
-    assert configs[2].algorithm.tau == 1.0 and configs[2].algorithm.name == "debiaspl"
+    assert configs[2].algorithm.layer.tau == 1.0 and configs[2].algorithm.name == "fixmatch+debiaspl"
     assert all(c.train.steps == 4 for c in configs)
     # the same value written twice would train one run twice
-    configs, notes = sweep_configs(experiment, [], [parse_grid_axis("algorithm.tau=0.4,0.40")], None)
+    configs, notes = sweep_configs(experiment, [], [parse_grid_axis("algorithm.debiaspl.tau=0.4,0.40")], None)
     assert len(configs) == 1 and "tau=0.40-seed0 would train the same run as tau=0.4-seed0" in notes[0]
     # two values that make one folder name
     with pytest.raises(UserError, match="run folder name 'label_file=a_b.csv-seed0'"):
@@ -76,7 +76,7 @@ def test_sweep_configs_are_seed_major_with_folders_per_point(experiment, tmp_pat
 
 
 def test_sweep_trains_skips_finished_and_resumes_stopped_runs_then_reports(experiment, tmp_path):
-    args = ["sweep", experiment, "--seeds", "0,1", "--set-grid", "algorithm.name=fixmatch,debiaspl"]
+    args = ["sweep", experiment, "--seeds", "0,1", "--set-grid", "algorithm.name=fixmatch,fixmatch+debiaspl"]
     paused = debiaspl(*args, "--until-step", 2)
     assert paused.returncode == 0, paused.stderr
     parent = tmp_path / "runs" / "grid"
@@ -87,12 +87,12 @@ def test_sweep_trains_skips_finished_and_resumes_stopped_runs_then_reports(exper
     assert finished.stdout.count("resuming from step 2 of 6") == 4
     again = debiaspl(*args)
     assert again.stdout.count("already finished at step 6") == 4 and "debiaspl report" in again.stdout
-    assert sorted(p.name for p in parent.iterdir()) == ["debiaspl-seed0", "debiaspl-seed1", "fixmatch-seed0",
-                                                        "fixmatch-seed1"]
+    assert sorted(p.name for p in parent.iterdir()) == ["fixmatch+debiaspl-seed0", "fixmatch+debiaspl-seed1",
+                                                        "fixmatch-seed0", "fixmatch-seed1"]
 
     report = debiaspl("report", parent)
     assert report.returncode == 0, report.stderr
-    assert "| - | debiaspl | 0 1 |" in report.stdout and "| - | fixmatch | 0 1 |" in report.stdout
+    assert "| - | fixmatch+debiaspl | 0 1 |" in report.stdout and "| - | fixmatch | 0 1 |" in report.stdout
     out = parent / "report"
     assert (out / "curves.png").stat().st_size > 0 and (out / "report.md").read_text() in report.stdout
     with open(out / "runs.csv", newline="") as handle:
@@ -101,29 +101,37 @@ def test_sweep_trains_skips_finished_and_resumes_stopped_runs_then_reports(exper
     with open(out / "report.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["algorithm"], r["statistic"]) for r in rows] == [
-        ("debiaspl", "final"), ("fixmatch", "final"), ("debiaspl", "median_last"), ("fixmatch", "median_last")]
+        ("fixmatch", "final"), ("fixmatch+debiaspl", "final"), ("fixmatch", "median_last"),
+        ("fixmatch+debiaspl", "median_last")]
     # the table is the mean over the two seeds of each run's own final result
-    finals = [json.loads((parent / f"debiaspl-seed{s}" / "results.json").read_text())["top1"] for s in (0, 1)]
-    assert float(rows[0]["top1_mean"]) == pytest.approx(sum(finals) / 2, rel=1e-5)
-    assert 0 <= float(rows[0]["pseudo_kl_to_true_mean"]) < 10
+    finals = [json.loads((parent / f"fixmatch+debiaspl-seed{s}" / "results.json").read_text())["top1"] for s in (0, 1)]
+    assert float(rows[1]["top1_mean"]) == pytest.approx(sum(finals) / 2, rel=1e-5)
+    assert 0 <= float(rows[1]["pseudo_kl_to_true_mean"]) < 10
     # the report folder holds no config, so reporting again finds the same four runs
     assert len(find_run_folders([parent])) == 4
 
 
 def test_sweep_mistakes_are_one_line(experiment):
-    proc = debiaspl("sweep", experiment, "--set-grid", "algorithm.tua=1,2")
-    assert proc.returncode == 2 and "algorithm.tau" in proc.stderr and "Traceback" not in proc.stderr
+    proc = debiaspl("sweep", experiment, "--set-grid", "algorithm.debiaspl.tua=1,2")
+    assert proc.returncode == 2 and "algorithm.debiaspl.tau" in proc.stderr and "Traceback" not in proc.stderr
     proc = debiaspl("report", experiment.parent / "nothing")
     assert proc.returncode == 2 and "no such folder" in proc.stderr
     proc = debiaspl("report", experiment.parent)
     assert proc.returncode == 2 and "no finished run" in proc.stderr
 
 
-def fake_run(folder, algorithm, seed, top1s, tau=0.4, unlabeled_imbalance=100, finished=True):
-    """A run folder as train_run leaves it, with evaluations of the given top-1 at steps 10, 20, ..."""
+def fake_run(folder, algorithm, seed, top1s, tau=0.4, unlabeled_imbalance=100, finished=True, legacy=False):
+    """A run folder as train_run leaves it, with evaluations of the given top-1 at steps 10, 20, ...
+
+    legacy: config.yaml in the layout of checkpoint format 1 (a flat algorithm section; name debiaspl).
+    """
     folder.mkdir(parents=True)
+    if legacy:
+        section = f"{{name: {algorithm.replace('fixmatch+', '')}, tau: {tau}}}"
+    else:
+        section = f"{{name: {algorithm}, debiaspl: {{tau: {tau}}}}}" if "debiaspl" in algorithm else f"{{name: {algorithm}}}"
     (folder / "config.yaml").write_text(
-        f"data: {{unlabeled_imbalance: {unlabeled_imbalance}}}\nalgorithm: {{name: {algorithm}, tau: {tau}}}\n"
+        f"data: {{unlabeled_imbalance: {unlabeled_imbalance}}}\nalgorithm: {section}\n"
         f"train: {{seed: {seed}, device: cpu}}\nlogging: {{run_name: {folder.name}}}\n")
     lines = [json.dumps({"step": 10 * (i + 1), "eval/top1": top1, "eval/pseudo_kl_to_true": 0.1 * i})
              for i, top1 in enumerate(top1s)]
@@ -134,20 +142,20 @@ def fake_run(folder, algorithm, seed, top1s, tau=0.4, unlabeled_imbalance=100, f
 
 
 def test_rows_group_by_config_without_seed_and_name_what_varies(tmp_path):
-    fake_run(tmp_path / "a", "fixmatch", 0, [0.1, 0.5], tau=0.4)
-    fake_run(tmp_path / "b", "fixmatch", 1, [0.2, 0.7], tau=2.0)     # tau does not matter to FixMatch
-    fake_run(tmp_path / "c", "debiaspl", 0, [0.3, 0.6], tau=0.4)
-    fake_run(tmp_path / "d", "debiaspl", 0, [0.3, 0.6], tau=2.0)
-    fake_run(tmp_path / "e", "debiaspl", 0, [0.3, 0.6], tau=0.4, unlabeled_imbalance=1)
-    fake_run(tmp_path / "f", "debiaspl", 1, [0.3], finished=False)
+    fake_run(tmp_path / "a", "fixmatch", 0, [0.1, 0.5])
+    fake_run(tmp_path / "b", "fixmatch", 1, [0.2, 0.7], tau=2.0, legacy=True)  # its unused tau is dropped
+    fake_run(tmp_path / "c", "fixmatch+debiaspl", 0, [0.3, 0.6], tau=0.4)
+    fake_run(tmp_path / "d", "fixmatch+debiaspl", 0, [0.3, 0.6], tau=2.0, legacy=True)
+    fake_run(tmp_path / "e", "fixmatch+debiaspl", 0, [0.3, 0.6], tau=0.4, unlabeled_imbalance=1)
+    fake_run(tmp_path / "f", "fixmatch+debiaspl", 1, [0.3], finished=False)
     records = [load_run_record(folder) for folder in find_run_folders([tmp_path])]
     assert records[-1] is None  # not finished
     rows = group_rows([r for r in records if r is not None])
     assert [(row.setting, row.algorithm, len(row.runs)) for row in rows] == [
-        ("data.unlabeled_imbalance=1", "debiaspl tau=0.4", 1),
-        ("data.unlabeled_imbalance=100", "debiaspl tau=0.4", 1),
-        ("data.unlabeled_imbalance=100", "debiaspl tau=2.0", 1),
-        ("data.unlabeled_imbalance=100", "fixmatch", 2)]
+        ("data.unlabeled_imbalance=1", "fixmatch+debiaspl debiaspl.tau=0.4", 1),
+        ("data.unlabeled_imbalance=100", "fixmatch", 2),
+        ("data.unlabeled_imbalance=100", "fixmatch+debiaspl debiaspl.tau=0.4", 1),
+        ("data.unlabeled_imbalance=100", "fixmatch+debiaspl debiaspl.tau=2.0", 1)]
 
 
 def test_statistics(tmp_path):
@@ -175,8 +183,8 @@ def test_a_finished_run_without_its_checkpoint_stays_finished(experiment):
     (folder / "checkpoint.pt").unlink()  # deleted to save space
     assert run_state(config) == "finished"
     assert train_run(config) == json.loads((folder / "results.json").read_text()) and first["step"] == 6
-    changed = sweep_configs(experiment, ["algorithm.tau=2"], [], None)[0][0]
-    with pytest.raises(UserError, match="algorithm.tau: 0.4 -> 2"):  # checked against the saved config.yaml
+    changed = sweep_configs(experiment, ["algorithm.debiaspl.tau=2"], [], None)[0][0]
+    with pytest.raises(UserError, match="algorithm.debiaspl.tau: 0.4 -> 2"):  # checked against the saved config.yaml
         train_run(changed)
 
 

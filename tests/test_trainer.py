@@ -52,30 +52,33 @@ def test_resume_equals_uninterrupted(tiny):
         handle.write('{"step": 4, "train/lo')
     train_run(paused)
     a, b = final_state(straight), final_state(paused)
-    for key in ("model", "ema", "optimizer", "scheduler", "class_marginal", "step"):
+    for key in ("model", "ema", "optimizer", "scheduler", "algorithm", "step"):
         assert_same_tensors(a[key], b[key], key)
     # the marginal really moved, so comparing it means something
-    assert not torch.allclose(a["class_marginal"], torch.full_like(a["class_marginal"], 0.1))
+    marginal = a["algorithm"]["class_marginal"]
+    assert not torch.allclose(marginal, torch.full_like(marginal, 0.1))
     assert metric_lines(straight) == metric_lines(paused)
 
 
 def test_tau_zero_run_equals_fixmatch_run(tiny):
     # threshold 0: every pseudo-label counts, so the unlabeled loss shapes the weights from step 1
-    fixmatch = tiny(algorithm={"name": "fixmatch", "threshold": 0.0}, logging={"run_name": "fixmatch"})
-    debiaspl = tiny(algorithm={"name": "debiaspl", "tau": 0.0, "threshold": 0.0}, logging={"run_name": "debiaspl0"})
-    debiased = tiny(algorithm={"name": "debiaspl", "tau": 0.4, "threshold": 0.0}, logging={"run_name": "debiaspl"})
+    fixmatch = tiny(algorithm={"name": "fixmatch", "fixmatch": {"threshold": 0.0}}, logging={"run_name": "fixmatch"})
+    debiaspl = tiny(algorithm={"name": "fixmatch+debiaspl", "debiaspl": {"tau": 0.0}, "fixmatch": {"threshold": 0.0}},
+                    logging={"run_name": "debiaspl0"})
+    debiased = tiny(algorithm={"name": "fixmatch+debiaspl", "debiaspl": {"tau": 0.4}, "fixmatch": {"threshold": 0.0}},
+                    logging={"run_name": "debiaspl"})
     for config in (fixmatch, debiaspl, debiased):
         train_run(config)
     a, b, c = final_state(fixmatch), final_state(debiaspl), final_state(debiased)
     assert_same_tensors(a["model"], b["model"])
-    assert_same_tensors(a["class_marginal"], b["class_marginal"])
+    assert_same_tensors(a["algorithm"], b["algorithm"])
     assert not torch.equal(a["model"]["classifier.weight"], c["model"]["classifier.weight"])
 
 
 def test_resume_refuses_changed_settings(tiny):
     train_run(tiny(train={"steps": 3}))
-    with pytest.raises(UserError, match="algorithm.tau: 0.4 -> 0.2"):
-        train_run(tiny(train={"steps": 3}, algorithm={"tau": 0.2}))
+    with pytest.raises(UserError, match="algorithm.debiaspl.tau: 0.4 -> 0.2"):
+        train_run(tiny(train={"steps": 3}, algorithm={"debiaspl": {"tau": 0.2}}))
     # reporting-only settings may change
     train_run(tiny(train={"steps": 3}, logging={"log_interval": 1, "progress_bar": False}))
 
@@ -150,7 +153,7 @@ def test_speed_options_train(tiny, train):
     results = train_run(config)
     assert results["step"] == 3 and 0 <= results["top1"] <= 1
     state = final_state(config)
-    assert state["class_marginal"].dtype == torch.float32
+    assert state["algorithm"]["class_marginal"].dtype == torch.float32
     assert torch.isfinite(state["model"]["classifier.weight"]).all()
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from debiaspl.algorithm.zero_shot import debias_logit_stream
-from debiaspl.analysis.distribution import imbalance_ratio, kl_divergence
-from debiaspl.analysis.metrics import balanced_accuracy, per_class_accuracy
+from debiaspl.metrics.distribution import imbalance_ratio, kl_divergence
+from debiaspl.metrics.classification import balanced_accuracy, per_class_accuracy
 from debiaspl.errors import UserError
-from debiaspl.run_folder import write_json, write_text
+from debiaspl.files import write_json, write_text
 
 
 def debias_logits_file(logits_path: Path, *, tau: float, momentum: float, batch_size: int = 256,

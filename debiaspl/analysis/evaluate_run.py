@@ -11,17 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from debiaspl.analysis.inference import predict_logits
+from debiaspl.inference import predict_logits
 from debiaspl.analysis.load_run import LoadedRun
-from debiaspl.analysis.metrics import classification_metrics
-from debiaspl.analysis.ood import detection_metrics, ood_scores, score_histogram_figure
-from debiaspl.analysis.plots import reliability_diagram_figure, save_figure
-from debiaspl.analysis.tables import write_csv
-from debiaspl.analysis.predictive import MCDropoutAccumulator, brier_score, negative_log_likelihood
-from debiaspl.analysis.uncertainty import (calibration_update, expected_calibration_error, normalized_entropy)
+from debiaspl.metrics.classification import classification_metrics
+from debiaspl.metrics.ood import detection_metrics, ood_scores, score_histogram_figure
+from debiaspl.metrics.plots import reliability_diagram_figure, save_figure
+from debiaspl.files import write_csv, write_json
+from debiaspl.metrics.predictive import MCDropoutAccumulator, brier_score, negative_log_likelihood
+from debiaspl.metrics.uncertainty import (calibration_update, expected_calibration_error, normalized_entropy)
 from debiaspl.data.datasets import IMAGE_SUFFIXES, ImageSet, load_source
 from debiaspl.errors import UserError
-from debiaspl.run_folder import write_json
 
 CALIBRATION_BINS = 15
 

@@ -8,17 +8,18 @@ last-layer one from penultimate features, and the full per-sample gradient of ch
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from debiaspl.analysis.inference import predict_logits
-from debiaspl.algorithm import add_adaptive_margin, debias_logits
-from debiaspl.analysis.influence import last_layer_self_influence
+from debiaspl.inference import predict_logits
+from debiaspl.metrics.influence import last_layer_self_influence
 from debiaspl.analysis.load_run import LoadedRun, load_snapshot
-from debiaspl.analysis.tables import write_csv
+from debiaspl.files import write_csv
 from debiaspl.data.loaders import to_model_input
 from debiaspl.errors import UserError
 from debiaspl.run_folder import list_snapshots
@@ -28,9 +29,10 @@ def self_influence(run: LoadedRun, *, split: str = "labeled", layers: tuple[str,
                    batch_size: int = 256, write: bool = True) -> dict[str, torch.Tensor]:
     """Per-sample self-influence summed over the run's snapshots.
 
-    split "labeled": the training labels; "unlabeled": the pseudo-label the run would train on at each
-    snapshot (for DebiasPL the debiased argmax, with the adaptive margin in the loss). Returns last_layer [N], full_gradient [N] when `layers`
-    names parameter prefixes, loss [N] under the run's own (EMA) weights, and writes
+    split "labeled": the training labels; "unlabeled": the pseudo-label the run's algorithm would train
+    on at each snapshot (under DebiasPL the debiased argmax, with the adaptive margin in the loss).
+    Returns last_layer [N], full_gradient [N] when `layers` names parameter prefixes, loss [N] under the
+    run's own (EMA) weights, and writes
     influence/self_influence_<split>.csv. The run's weights are restored afterwards.
     """
     snapshots = list_snapshots(run.run_dir)
@@ -48,21 +50,20 @@ def self_influence(run: LoadedRun, *, split: str = "labeled", layers: tuple[str,
             run.load_weights(snapshot["model"])
             logits, features = predict_logits(run.model, images.images, run.mean, run.std, batch_size, run.device,
                                               with_features=True)
-            margin = torch.zeros(logits.shape[1])
             if split == "labeled":
-                labels = images.labels
-            else:  # the pseudo-label and loss of the unlabeled term: debias_logits / add_adaptive_margin
-                labels = debias_logits(logits, snapshot["class_marginal"], run.tau).argmax(dim=1)
-                margin = add_adaptive_margin(torch.zeros(1, logits.shape[1]), snapshot["class_marginal"], run.tau)[0]
-            probs = torch.softmax(logits + margin, dim=1)
+                labels, loss_logits = images.labels, _as_is
+            else:  # the pseudo-label and loss of the unlabeled term, as the snapshot's step made them
+                labels = run.algorithm.pseudo_labels(logits, snapshot["algorithm"]).labels
+                loss_logits = functools.partial(run.algorithm.loss_logits, state=snapshot["algorithm"])
+            probs = torch.softmax(loss_logits(logits), dim=1)
             total += last_layer_self_influence(probs, labels, features, snapshot["lr"])
             if selected:
-                full += snapshot["lr"] * _gradient_norms(run, images.images, labels, selected, batch_size, margin)
+                full += snapshot["lr"] * _gradient_norms(run, images.images, labels, selected, batch_size, loss_logits)
     finally:
         run.load_weights(own_weights)  # the run's own (EMA) weights again, for whatever the caller does next
     logits = predict_logits(run.model, images.images, run.mean, run.std, batch_size, run.device)
     if split == "unlabeled":
-        labels = debias_logits(logits, run.class_marginal, run.tau).argmax(dim=1)
+        labels = run.algorithm.pseudo_labels(logits, run.algorithm_state).labels
     result = {"last_layer": total, "loss": F.cross_entropy(logits, labels, reduction="none").double()}
     if selected:
         result["full_gradient"] = full
@@ -85,8 +86,12 @@ def _parameter_names(model: torch.nn.Module, prefixes: tuple[str, ...]) -> list[
     return names
 
 
+def _as_is(logits: torch.Tensor) -> torch.Tensor:
+    return logits
+
+
 def _gradient_norms(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor, names: list[str],
-                    batch_size: int, margin: torch.Tensor) -> torch.Tensor:
+                    batch_size: int, loss_logits: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """||d CE / d selected parameters||^2 per sample [N], with per-sample gradients from torch.func."""
     model = run.model
     params = {name: p.detach() for name, p in model.named_parameters()}
@@ -95,9 +100,8 @@ def _gradient_norms(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor, 
 
     def loss(chosen, x, y):
         out = functional_call(model, ({**params, **chosen}, buffers), (x.unsqueeze(0),))
-        return F.cross_entropy(out + margin_on_device, y.unsqueeze(0))
+        return F.cross_entropy(loss_logits(out), y.unsqueeze(0))
 
-    margin_on_device = margin.to(run.device)
     per_sample_grad = vmap(grad(loss), in_dims=(None, 0, 0))
     norms = []
     for start in range(0, len(images), batch_size):

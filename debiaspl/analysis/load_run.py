@@ -1,4 +1,4 @@
-"""Rebuild a finished (or paused) run for offline analysis: its config, data, model weights and q_hat."""
+"""Rebuild a finished (or paused) run for offline analysis: its config, data, model weights and algorithm state."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from typing import Literal
 import torch
 from torch import nn
 
+from debiaspl.algorithm import Algorithm, AlgorithmState
 from debiaspl.config import ExperimentConfig, replace_dotted
 from debiaspl.data.prepare import TrainingData, prepare_data
 from debiaspl.device import resolve_device
 from debiaspl.errors import UserError
 from debiaspl.models import build_model
-from debiaspl.run_folder import (CHECKPOINT_NAME, LABEL_FILE_COPY, RUN_INFO_NAME, load_checkpoint, load_run_checkpoint,
-                                 require_run_folder)
+from debiaspl.run_folder import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, LABEL_FILE_COPY, RUN_INFO_NAME, load_checkpoint,
+                                 load_run_checkpoint, require_run_folder, upgrade_format_1)
 
 
 @dataclass
@@ -25,16 +26,17 @@ class LoadedRun:
     config: ExperimentConfig
     data: TrainingData
     model: nn.Module               # in eval mode, on `device`
-    class_marginal: torch.Tensor   # [C] q_hat at the checkpoint
+    algorithm: Algorithm           # what the run trained with: its pseudo-label rule and loss adjustment
+    algorithm_state: AlgorithmState  # on the CPU, at the checkpoint (q_hat and the base's own state)
     step: int
     device: torch.device
     mean: torch.Tensor             # [C_in] normalization, on `device`
     std: torch.Tensor
 
     @property
-    def tau(self) -> float:
-        """DebiasPL's tau, 0 for FixMatch (its pseudo-labels are not debiased)."""
-        return self.config.algorithm.tau if self.config.algorithm.name == "debiaspl" else 0.0
+    def class_marginal(self) -> torch.Tensor:
+        """q_hat [C] float32 at the checkpoint."""
+        return self.algorithm_state["class_marginal"]
 
     def load_weights(self, state_dict: dict) -> None:
         self.model.load_state_dict(state_dict)
@@ -63,8 +65,8 @@ def load_run(run_dir: Path, weights: Literal["ema", "model"] = "ema", device: st
     model = build_model(config.model.name, data.num_classes, data.image_shape[0], config.model.dropout).to(resolved)
     model.load_state_dict(state["ema" if weights == "ema" else "model"])
     model.eval()
-    return LoadedRun(run_dir, config, data, model, state["class_marginal"].float(), int(state["step"]), resolved,
-                     torch.tensor(data.mean, device=resolved), torch.tensor(data.std, device=resolved))
+    return LoadedRun(run_dir, config, data, model, config.algorithm.build(), dict(state["algorithm"]), int(state["step"]),
+                     resolved, torch.tensor(data.mean, device=resolved), torch.tensor(data.std, device=resolved))
 
 
 def _check_same_data(data: TrainingData, run_dir: Path) -> None:
@@ -80,9 +82,12 @@ def _check_same_data(data: TrainingData, run_dir: Path) -> None:
 
 
 def load_snapshot(path: Path) -> dict:
-    """A snapshots/step_*.pt file: step, lr (of the step that produced it), model weights, class_marginal."""
+    """A snapshots/step_*.pt file: step, lr (of the step that produced it), model weights, algorithm state."""
     state = load_checkpoint(path)
-    if not isinstance(state, dict) or not {"step", "lr", "model", "class_marginal"} <= set(state):
-        raise UserError(f"{path} is not a debiaspl snapshot (expected step, lr, model and class_marginal)")
+    if isinstance(state, dict) and "class_marginal" in state and "algorithm" not in state:  # format 1
+        state = upgrade_format_1(state)
+    if not isinstance(state, dict) or not {"step", "lr", "model", "algorithm"} <= set(state):
+        raise UserError(f"{path} is not a debiaspl snapshot of format {CHECKPOINT_FORMAT} (expected step, lr, model "
+                        f"and algorithm)")
     return state
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import yaml
 
-from debiaspl.analysis.plots import learning_curves_figure, save_figure
-from debiaspl.analysis.tables import write_csv
-from debiaspl.config import flatten, training_settings
+from debiaspl.metrics.plots import learning_curves_figure, save_figure
+from debiaspl.files import write_csv, write_text
+from debiaspl.config import flatten, training_settings, upgrade_legacy_config
 from debiaspl.errors import UserError
-from debiaspl.run_folder import CONFIG_NAME, METRICS_NAME, RESULTS_NAME, write_text
+from debiaspl.run_folder import CONFIG_NAME, METRICS_NAME, RESULTS_NAME
 
 METRICS = ("top1", "balanced_acc", "acc_many", "acc_medium", "acc_few", "pseudo_kl_to_true")
 METRIC_HEADERS = {"top1": "top-1", "balanced_acc": "balanced", "acc_many": "many", "acc_medium": "medium",
@@ -74,7 +74,7 @@ def load_run_record(folder: Path) -> RunRecord | None:
         raise UserError(f"{folder}: cannot read the run's config or results: {exc}") from None
     if not isinstance(config, dict) or not isinstance(final, dict):
         raise UserError(f"{folder}: {CONFIG_NAME} or {RESULTS_NAME} does not hold a mapping; is this a run folder?")
-    keys = flatten(config)
+    keys = flatten(upgrade_legacy_config(config))
     algorithm = keys.get("algorithm.name", "?")
     setting_keys = {key: value for key, value in training_settings(keys).items() if key != "train.seed"}
     return RunRecord(folder=folder, algorithm=str(algorithm), seed=int(keys.get("train.seed", 0)),
@@ -105,7 +105,7 @@ def median_of_last(evaluations: list[dict], metric: str, last: int) -> float:
 def group_rows(records: list[RunRecord]) -> list[Row]:
     """Rows of runs that differ only in their seed, named by the keys that differ between rows."""
     all_keys = sorted({key for record in records for key in record.setting_keys})
-    # A key varies when the runs that use it disagree (FixMatch runs do not use tau, say).
+    # A key varies when the runs that use it disagree (FixMatch runs have no algorithm.debiaspl.tau, say).
     varying = [key for key in all_keys if key != "algorithm.name"
                and len({repr(record.setting_keys[key]) for record in records if key in record.setting_keys}) > 1]
     rows: dict[tuple[str, str], Row] = {}

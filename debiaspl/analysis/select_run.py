@@ -1,6 +1,6 @@
 """`debiaspl select`: which unlabeled images a person should label next, as a CSV for annotators.
 
-Scores the run's unlabeled set with an acquisition strategy (debiaspl.analysis.selection), takes
+Scores the run's unlabeled set with an acquisition strategy (debiaspl.metrics.selection), takes
 the top k (optionally spread over predicted classes with quotas proportional to 1 / q_hat, so tail
 classes get their share), and writes rank, sample_id, score, predicted class and an empty `label`
 column. Filled in, the file goes back into the next experiment as `data.label_file`.
@@ -13,14 +13,13 @@ from pathlib import Path
 
 import torch
 
-from debiaspl.algorithm import debias_logits
 from debiaspl.analysis.evaluate_run import mc_dropout_scores
-from debiaspl.analysis.inference import predict_logits
+from debiaspl.inference import predict_logits
 from debiaspl.analysis.influence_run import self_influence
 from debiaspl.analysis.load_run import LoadedRun
-from debiaspl.analysis.selection import (acquisition_scores, inverse_marginal_weights, select_class_balanced,
+from debiaspl.metrics.selection import (acquisition_scores, inverse_marginal_weights, select_class_balanced,
                                          select_top_k)
-from debiaspl.analysis.tables import write_csv
+from debiaspl.files import write_csv
 from debiaspl.errors import UserError
 
 
@@ -44,7 +43,7 @@ def select_samples(run: LoadedRun, strategy: str, k: int, *, balance: bool = Fal
     elif strategy == "random":
         inputs["generator"] = torch.Generator().manual_seed(seed)
     scores = acquisition_scores(strategy, **inputs)
-    predicted = debias_logits(logits, run.class_marginal, run.tau).argmax(dim=1)  # the run's pseudo-label
+    predicted = run.algorithm.pseudo_labels(logits, run.algorithm_state).labels  # the run's pseudo-label
     try:
         if balance:
             chosen = select_class_balanced(scores, predicted, inverse_marginal_weights(run.class_marginal), k)

@@ -8,7 +8,9 @@ can produce steps in any order without sharing random state.
 
 from __future__ import annotations
 
-from typing import Iterator
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +20,43 @@ from debiaspl.data.augment import strong_augment, weak_augment
 from debiaspl.data.datasets import ImageSet
 
 _LABELED_STREAM, _UNLABELED_STREAM, _AUGMENT_STREAM = 1, 2, 3
+_Batch = TypeVar("_Batch", bound="_Tensors")
+
+
+class _Tensors:
+    """Batch fields are all tensors: map a function over them (copy to a device, shard, pin)."""
+
+    def map(self: _Batch, function: Callable[[torch.Tensor], torch.Tensor]) -> _Batch:
+        return type(self)(**{f.name: function(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+    def pin_memory(self: _Batch) -> _Batch:
+        """Called by DataLoader(pin_memory=True) on each item."""
+        return self.map(torch.Tensor.pin_memory)
+
+
+@dataclass(frozen=True)
+class UnaugmentedBatch(_Tensors):
+    """One step's images before augmentation (y_ulb is the hidden truth, for monitoring only)."""
+
+    x_lb: torch.Tensor     # [B, C, H, W] uint8
+    y_lb: torch.Tensor     # [B] int64
+    idx_lb: torch.Tensor   # [B] indices into the labeled set
+    x_ulb: torch.Tensor    # [mu*B, C, H, W] uint8
+    y_ulb: torch.Tensor    # [mu*B]
+    idx_ulb: torch.Tensor  # [mu*B] indices into the unlabeled set
+
+
+@dataclass(frozen=True)
+class TrainBatch(_Tensors):
+    """One step's augmented views: the weak labeled view, and a weak and a strong unlabeled view."""
+
+    x_lb: torch.Tensor          # [B, C, H, W] uint8, weak view
+    y_lb: torch.Tensor          # [B]
+    idx_lb: torch.Tensor        # [B]
+    x_ulb_weak: torch.Tensor    # [mu*B, C, H, W] uint8
+    x_ulb_strong: torch.Tensor  # [mu*B, C, H, W] uint8
+    y_ulb: torch.Tensor         # [mu*B] hidden truth, for monitoring only
+    idx_ulb: torch.Tensor       # [mu*B]
 
 
 def derive_seed(*parts: int) -> int:
@@ -53,42 +92,36 @@ def stream_epoch_segments(set_size: int, batch_size: int, step: int) -> list[tup
 
 
 def gather_batch(labeled: ImageSet, unlabeled: ImageSet, step: int, *, batch_size: int,
-                 unlabeled_ratio: int, seed: int) -> dict[str, torch.Tensor]:
-    """The un-augmented images and labels of one step (y_ulb is the hidden truth, for monitoring only).
-
-    Keys: x_lb [B,C,H,W] uint8, y_lb [B], idx_lb [B], x_ulb [mu*B,C,H,W] uint8, y_ulb, idx_ulb [mu*B],
-    step (0-d int64).
-    """
+                 unlabeled_ratio: int, seed: int) -> UnaugmentedBatch:
+    """The un-augmented images and labels of one step."""
     idx_lb = stream_indices(len(labeled.labels), batch_size, step, seed, _LABELED_STREAM)
     idx_ulb = stream_indices(len(unlabeled.labels), batch_size * unlabeled_ratio, step, seed, _UNLABELED_STREAM)
-    return {"x_lb": labeled.images[idx_lb], "y_lb": labeled.labels[idx_lb], "idx_lb": idx_lb,
-            "x_ulb": unlabeled.images[idx_ulb], "y_ulb": unlabeled.labels[idx_ulb], "idx_ulb": idx_ulb,
-            "step": torch.tensor(step)}
+    return UnaugmentedBatch(labeled.images[idx_lb], labeled.labels[idx_lb], idx_lb, unlabeled.images[idx_ulb],
+                            unlabeled.labels[idx_ulb], idx_ulb)
 
 
-def augment_batch(batch: dict[str, torch.Tensor], step: int, seed: int, strong_variant: str) -> dict[str, torch.Tensor]:
-    """Weak view of x_lb; weak and strong views of x_ulb (replaced by x_ulb_weak, x_ulb_strong).
+def augment_batch(batch: UnaugmentedBatch, step: int, seed: int, strong_variant: str) -> TrainBatch:
+    """Weak view of x_lb; weak and strong views of x_ulb.
 
     Works wherever the images are (a loader worker's CPU or the training GPU) and gives the same
     result on either: the random parameters come from a CPU generator seeded by (seed, step).
     """
     generator = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT_STREAM, step))
-    out = {key: value for key, value in batch.items() if key != "x_ulb"}
-    out["x_lb"] = weak_augment(batch["x_lb"], generator)
-    out["x_ulb_weak"] = weak_augment(batch["x_ulb"], generator)
-    out["x_ulb_strong"] = strong_augment(batch["x_ulb"], generator, strong_variant)
-    return out
+    x_lb = weak_augment(batch.x_lb, generator)
+    x_ulb_weak = weak_augment(batch.x_ulb, generator)
+    x_ulb_strong = strong_augment(batch.x_ulb, generator, strong_variant)
+    return TrainBatch(x_lb, batch.y_lb, batch.idx_lb, x_ulb_weak, x_ulb_strong, batch.y_ulb, batch.idx_ulb)
 
 
 def make_train_batch(labeled: ImageSet, unlabeled: ImageSet, step: int, *, batch_size: int,
-                     unlabeled_ratio: int, seed: int, strong_variant: str | None) -> dict[str, torch.Tensor]:
+                     unlabeled_ratio: int, seed: int, strong_variant: str | None) -> UnaugmentedBatch | TrainBatch:
     """gather_batch, then augment_batch unless strong_variant is None (augmentation left to the trainer)."""
     batch = gather_batch(labeled, unlabeled, step, batch_size=batch_size, unlabeled_ratio=unlabeled_ratio, seed=seed)
     return batch if strong_variant is None else augment_batch(batch, step, seed, strong_variant)
 
 
 class TrainBatches(IterableDataset):
-    """Batches for steps [start_step, end_step); worker w of W makes the steps with step % W == w.
+    """(step, batch) for steps [start_step, end_step); worker w of W makes the steps with step % W == w.
 
     DataLoader takes one item from each worker in turn, so steps still arrive in order.
     """
@@ -98,11 +131,11 @@ class TrainBatches(IterableDataset):
         self.start_step, self.end_step = start_step, end_step
         self.batch_options = batch_options
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[int, UnaugmentedBatch | TrainBatch]]:
         worker = get_worker_info()
         worker_id, num_workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
         for step in range(self.start_step + worker_id, self.end_step, num_workers):
-            yield make_train_batch(self.labeled, self.unlabeled, step, **self.batch_options)
+            yield step, make_train_batch(self.labeled, self.unlabeled, step, **self.batch_options)
 
 
 def train_loader(labeled: ImageSet, unlabeled: ImageSet, *, start_step: int, end_step: int, num_workers: int,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from debiaspl.algorithm import debias_logits, make_pseudo_labels
-from debiaspl.analysis.distribution import kl_divergence
-from debiaspl.analysis.inference import predict_logits
-from debiaspl.analysis.metrics import balanced_accuracy, classification_metrics, per_class_accuracy
+from debiaspl.algorithm import Algorithm, AlgorithmState
 from debiaspl.data.datasets import ImageSet
+from debiaspl.inference import predict_logits
+from debiaspl.metrics.classification import balanced_accuracy, classification_metrics, per_class_accuracy
+from debiaspl.metrics.distribution import kl_divergence
 
 
 def evaluate_model(model: nn.Module, test: ImageSet, labeled_counts: list[int], mean: torch.Tensor,
@@ -18,18 +18,17 @@ def evaluate_model(model: nn.Module, test: ImageSet, labeled_counts: list[int], 
     return classification_metrics(logits, test.labels, labeled_counts)
 
 
-def evaluate_pseudo_labels(model: nn.Module, unlabeled: ImageSet, class_marginal: torch.Tensor, tau: float,
-                           threshold: float, mean: torch.Tensor, std: torch.Tensor, batch_size: int,
-                           device: torch.device) -> dict:
-    """Pseudo-labels of the whole (un-augmented) unlabeled set against its hidden labels.
+def evaluate_pseudo_labels(model: nn.Module, unlabeled: ImageSet, algorithm: Algorithm, state: AlgorithmState,
+                           mean: torch.Tensor, std: torch.Tensor, batch_size: int, device: torch.device) -> dict:
+    """The algorithm's pseudo-labels of the whole (un-augmented) unlabeled set against its hidden labels.
 
-    tau = 0 gives FixMatch's pseudo-labels. Returns pseudo_acc, pseudo_balanced_acc, pseudo_mask_rate,
-    pseudo_acc_masked (accuracy among the confident ones) and pseudo_kl_to_true: KL(pseudo-label class
+    `state` (on the CPU) is the algorithm's as training left it. Returns pseudo_acc, pseudo_balanced_acc,
+    pseudo_mask_rate, pseudo_acc_masked (accuracy among the confident ones) and pseudo_kl_to_true: KL(pseudo-label class
     histogram || true class histogram) of the unlabeled set, the bias DebiasPL removes (0 when the
     pseudo-labels have the true class proportions, whatever their accuracy).
     """
     logits = predict_logits(model, unlabeled.images, mean, std, batch_size, device)
-    pseudo = make_pseudo_labels(debias_logits(logits, class_marginal.cpu(), tau), threshold)
+    pseudo = algorithm.pseudo_labels(logits, state)
     num_classes = logits.shape[1]
     correct = (pseudo.labels == unlabeled.labels).double()
     class_acc = per_class_accuracy(pseudo.labels, unlabeled.labels, num_classes)

@@ -2,7 +2,7 @@
 
 import torch
 
-from debiaspl.algorithm import StepResult
+from debiaspl.algorithm import StepOutput
 from debiaspl.engine.distributed import Distributed
 
 
@@ -16,7 +16,7 @@ class PseudoLabelMonitor:
         self.sums = torch.zeros(7, device=device, dtype=torch.float64)
         self.steps = 0  # steps summed since the last flush
 
-    def update(self, result: StepResult, y_ulb: torch.Tensor) -> None:
+    def update(self, result: StepOutput, y_ulb: torch.Tensor) -> None:
         correct = (result.pseudo_labels == y_ulb).double()
         mask = result.mask.double()
         self.sums += torch.stack([

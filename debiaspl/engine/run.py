@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from debiaspl.config import (EXECUTION_KEYS, ExperimentConfig, flatten, load_experiment, replace_dotted, save_config,
+from debiaspl.config import (EXECUTION_KEYS, ExperimentConfig, flatten, load_saved_config, replace_dotted, save_config,
                              to_dict)
 from debiaspl.data.datasets import check_source_available
 from debiaspl.data.prepare import prepare_data
@@ -19,8 +19,8 @@ from debiaspl.engine.distributed import Distributed
 from debiaspl.engine.run_log import NullLog, RunLog
 from debiaspl.engine.trainer import Trainer
 from debiaspl.errors import UserError
-from debiaspl.run_folder import (CHECKPOINT_NAME, CONFIG_NAME, LABEL_FILE_COPY, RESULTS_NAME, RUN_INFO_NAME,
-                                 load_run_checkpoint, write_json)
+from debiaspl.files import write_json
+from debiaspl.run_folder import CHECKPOINT_NAME, CONFIG_NAME, LABEL_FILE_COPY, RESULTS_NAME, RUN_INFO_NAME, load_run_checkpoint
 
 
 # Keys that may differ when a run resumes: those that never change the trained weights, and two
@@ -72,7 +72,7 @@ def saved_state(config: ExperimentConfig) -> dict | None:
         check_resumable(saved, config, run_dir)
         return state
     if (run_dir / RESULTS_NAME).is_file() and (run_dir / CONFIG_NAME).is_file():
-        check_resumable(load_experiment(run_dir / CONFIG_NAME), config, run_dir)
+        check_resumable(load_saved_config(run_dir / CONFIG_NAME), config, run_dir)
     return None
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-from debiaspl.analysis.plots import save_figure
-from debiaspl.run_folder import METRICS_NAME, write_text
+from debiaspl.metrics.plots import save_figure
+from debiaspl.files import write_text
+from debiaspl.run_folder import METRICS_NAME
 
 
 class RunLog:

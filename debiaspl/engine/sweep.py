@@ -1,6 +1,6 @@
 """A grid of runs from one experiment file: settings x seeds, trained one after another.
 
-`debiaspl sweep exp.yaml --seeds 0,1,2 --set-grid algorithm.name=fixmatch,debiaspl` makes one run
+`debiaspl sweep exp.yaml --seeds 0,1,2 --set-grid algorithm.name=fixmatch,fixmatch+debiaspl` makes one run
 per combination, in `<logging.run_dir>/<experiment name>/<grid values>-seed<N>`, so that
 `debiaspl report <logging.run_dir>/<experiment name>` finds them all. Runs that finished are
 skipped and runs that stopped resume (train_run does both), so an interrupted sweep continues
@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from debiaspl.config import (ExperimentConfig, flatten, load_experiment, parse_override, replace_dotted,
-                             to_dict, training_settings)
+from debiaspl.config import (AbsentPartOptions, ExperimentConfig, flatten, load_experiment, parse_override,
+                             replace_dotted, to_dict, training_settings)
 from debiaspl.errors import UserError
 
 
@@ -26,7 +26,7 @@ class GridAxis:
 
 
 def parse_grid_axis(text: str) -> GridAxis:
-    """'algorithm.name=fixmatch,debiaspl' -> GridAxis('algorithm.name', ('fixmatch', 'debiaspl')).
+    """'algorithm.name=fixmatch,flexmatch' -> GridAxis('algorithm.name', ('fixmatch', 'flexmatch')).
 
     Commas inside brackets belong to a value, so a list can be one value: 'key=[1,2],[3,4]'.
     """
@@ -60,8 +60,10 @@ def sweep_configs(experiment: Path, overrides: list[str], axes: list[GridAxis],
                   seeds: tuple[int, ...] | None) -> tuple[list[ExperimentConfig], list[str]]:
     """One validated config per distinct grid point and seed, each with its own run folder.
 
-    Returns (configs, notes): grid points that would train the same run as an earlier one (FixMatch
-    under several algorithm.tau values, or 0.4 and 0.40) are left out, each with a note.
+    Returns (configs, notes): grid points that would train the same run as an earlier one (0.4 and
+    0.40, or FixMatch under several algorithm.debiaspl.tau values: a grid value for an algorithm part
+    that a point's algorithm.name does not include does not apply to that point) are left out, each
+    with a note.
     """
     if len({axis.key for axis in axes}) != len(axes):
         raise UserError("--set-grid names the same key twice; put all its values in one --set-grid")
@@ -74,12 +76,15 @@ def sweep_configs(experiment: Path, overrides: list[str], axes: list[GridAxis],
     for seed in seeds if seeds is not None else (base.train.seed,):
         for point in itertools.product(*(axis.values for axis in axes)):
             assignments = [f"{axis.key}={value}" for axis, value in zip(axes, point)]
-            config = load_experiment(experiment, [*overrides, *assignments, f"train.seed={seed}"])
-            name = "-".join([*(_slug(axis.key, value) for axis, value in zip(axes, point)), f"seed{seed}"])
+            full_name = "-".join([*(_slug(axis.key, value) for axis, value in zip(axes, point)), f"seed{seed}"])
+            config, applied = _load_point(experiment, overrides, list(zip(axes, point)), seed)
+            name = "-".join([*(_slug(axis.key, value) for axis, value in applied), f"seed{seed}"])
             config = replace_dotted(replace_dotted(config, "logging.run_dir", str(parent)), "logging.run_name", name)
             what_it_trains = repr(sorted(training_settings(flatten(to_dict(config))).items()))
             if what_it_trains in trains:
-                notes.append(f"{name} would train the same run as {trains[what_it_trains]}; left out")
+                unused = [f"{axis.key}={value}" for axis, value in zip(axes, point) if (axis, value) not in applied]
+                reason = f" ({', '.join(unused)} does not apply to algorithm.name = {config.algorithm.name})" if unused else ""
+                notes.append(f"{full_name} would train the same run as {trains[what_it_trains]}{reason}; left out")
                 continue
             clash = next((c.logging.run_name for c in configs if c.logging.run_name.lower() == name.lower()), None)
             if clash is not None:
@@ -88,6 +93,21 @@ def sweep_configs(experiment: Path, overrides: list[str], axes: list[GridAxis],
             trains[what_it_trains] = name
             configs.append(config)
     return configs, notes
+
+
+def _load_point(experiment: Path, overrides: list[str], point: list[tuple[GridAxis, str]],
+                seed: int) -> tuple[ExperimentConfig, list[tuple[GridAxis, str]]]:
+    """The point's config, and the grid values it uses: those for an algorithm part its algorithm.name
+    does not include are dropped (a part named in the experiment itself stays an error)."""
+    while True:
+        try:
+            assignments = [f"{axis.key}={value}" for axis, value in point]
+            return load_experiment(experiment, [*overrides, *assignments, f"train.seed={seed}"]), point
+        except AbsentPartOptions as exc:
+            kept = [(axis, value) for axis, value in point if not axis.key.startswith(exc.section + ".")]
+            if len(kept) == len(point):
+                raise
+            point = kept
 
 
 def _slug(key: str, value: str) -> str:

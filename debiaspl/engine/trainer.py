@@ -1,15 +1,16 @@
-"""The training loop: FixMatch-style SSL with the step math chosen by `algorithm.name`.
+"""The training loop: FixMatch-style SSL with the step math of the configured algorithm.
 
 `fit` reads top to bottom: batch (copy, augmentation on the device if configured) -> train_step
 (forward -> step math -> backward -> optimizer -> scheduler -> EMA) -> state -> hooks -> logging ->
-evaluation -> checkpoint. Everything a resumed run needs is in `state_dict`.
+evaluation -> checkpoint. Everything a resumed run needs is in `state_dict`. The loop never asks
+which algorithm it runs: it calls the `Algorithm` value the config builds.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,9 +18,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from debiaspl.algorithm import ALGORITHMS, uniform_class_marginal
+from debiaspl.algorithm import AlgorithmState, StepInputs, StepOutput
 from debiaspl.config import ExperimentConfig, to_dict
-from debiaspl.data.loaders import augment_batch, to_model_input, train_loader
+from debiaspl.data.loaders import TrainBatch, UnaugmentedBatch, augment_batch, to_model_input, train_loader
 from debiaspl.data.prepare import TrainingData
 from debiaspl.device import use_bf16
 from debiaspl.engine.checkpoint import capture_rng_state, restore_rng_state
@@ -35,15 +36,41 @@ from debiaspl.models.ema import ModelEMA
 from debiaspl.run_folder import CHECKPOINT_FORMAT, CHECKPOINT_NAME, save_checkpoint, snapshot_path
 
 
+class LogitsAndFeatures(nn.Module):
+    """The model's forward that also returns its penultimate features (the classifier's input), so
+    hooks that need them cost no extra pass. DDP and torch.compile wrap this module."""
 
-def build_step_function(config: ExperimentConfig):
-    """The algorithm's pure step function with its hyperparameters bound."""
-    algorithm = config.algorithm
-    options = {"threshold": algorithm.threshold, "unlabeled_weight": algorithm.unlabeled_weight,
-               "marginal_momentum": algorithm.marginal_momentum}
-    if algorithm.name == "debiaspl":
-        options["tau"] = algorithm.tau
-    return functools.partial(ALGORITHMS[algorithm.name], **options)
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(x)
+        return self.model.classifier(self.model.dropout(features)), features
+
+
+@dataclass(frozen=True)
+class ForwardOutput:
+    """What the forward pass(es) of one step produced."""
+
+    logits_lb: torch.Tensor      # [B, C]
+    logits_weak: torch.Tensor    # [N, C]
+    logits_strong: torch.Tensor  # [N, C]
+    features_lb: torch.Tensor    # [B, D] penultimate features
+    features_weak: torch.Tensor  # [N, D]
+
+
+@dataclass(frozen=True)
+class TrainedStep:
+    """One step as the loop logs it: the forward's outputs, the algorithm's, and the learning rate used."""
+
+    forward: ForwardOutput
+    result: StepOutput
+    lr: float
+
+
+def state_on(state: AlgorithmState, device: torch.device | str) -> AlgorithmState:
+    return {key: value.to(device) for key, value in state.items()}
 
 
 class Trainer:
@@ -63,17 +90,17 @@ class Trainer:
             config.data.augment_on == "auto" and device.type == "cuda")
         self.ema = ModelEMA(self.model, config.train.ema_decay, warmup=config.train.ema_warmup)
         # wrap and compile after the EMA copy, so the EMA module stays a plain one for evaluation
-        self.forward = self.model
+        if self.dist.enabled and device.type == "cuda":  # per-process BatchNorm statistics would differ
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.forward = LogitsAndFeatures(self.model)
         if self.dist.enabled:
-            if device.type == "cuda":  # per-process BatchNorm statistics would differ from one process's
-                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            self.forward = DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
+            self.forward = DistributedDataParallel(self.forward, device_ids=[device] if device.type == "cuda" else None)
         if config.train.compile:
             self.forward = torch.compile(self.forward)
         self.optimizer = build_optimizer(self.model, config.optim)
         self.scheduler = build_scheduler(self.optimizer, config.train.steps, config.optim.schedule)
-        self.step_function = build_step_function(config)
-        self.class_marginal = uniform_class_marginal(data.num_classes, device)
+        self.algorithm = config.algorithm.build()
+        self.algorithm_state = self.algorithm.initial_state(data.num_classes, len(data.unlabeled.labels), device)
         self.monitor = PseudoLabelMonitor(device)
         # Hooks run where the files are written; every process takes part in gathering their records.
         self.hooks = [HOOKS[hook.name](hook.options) for hook in config.hooks] if self.dist.is_main else []
@@ -81,13 +108,7 @@ class Trainer:
         self.step = 0
         self.mean = torch.tensor(data.mean, device=device)
         self.std = torch.tensor(data.std, device=device)
-        self._features: torch.Tensor | None = None
-        if any(HOOKS[hook.name].needs_features for hook in config.hooks):
-            # The classifier's input is the penultimate feature; keeping it costs no extra forward pass.
-            self.model.classifier.register_forward_hook(self._keep_features)
-
-    def _keep_features(self, module, inputs, output) -> None:
-        self._features = inputs[0].detach()
+        self.records_features = any(HOOKS[hook.name].needs_features for hook in config.hooks)
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self, log: RunLog, run_dir: Path, until_step: int | None = None) -> dict:
@@ -106,15 +127,15 @@ class Trainer:
         self.model.train()
         while self.step < end_step:
             with timer.section("data"):
-                batch = self.prepare_batch(next(batches))
-            result, logits_lb, logits_weak, lr = self.train_step(batch)
-            marginal_before, self.class_marginal = self.class_marginal, result.class_marginal
-            monitor.update(result, batch["y_ulb"])
+                batch = self.prepare_batch(*next(batches))
+            trained = self.train_step(batch)
+            state_before, self.algorithm_state = self.algorithm_state, trained.result.state
+            monitor.update(trained.result, batch.y_ulb)
             steps_timed += 1
             progress.update(1)
             if self.hooks or self.gather_records:
                 with timer.section("hooks"):
-                    record = self._step_record(batch, logits_lb, logits_weak, result, marginal_before, lr)
+                    record = self._step_record(batch, trained, state_before["class_marginal"])
                     for hook in self.hooks:
                         hook.on_step_end(record)
 
@@ -123,7 +144,7 @@ class Trainer:
                 if self.step % cfg.logging.log_interval == 0 or is_last:
                     steps_per_second = steps_timed / max(time.perf_counter() - interval_start, 1e-9)
                     scalars = monitor.flush(self.dist)
-                    scalars["train/lr"] = lr
+                    scalars["train/lr"] = trained.lr
                     scalars["train/steps_per_second"] = steps_per_second
                     scalars.update(self._marginal_scalars())
                     log.scalars(self.step, scalars)
@@ -140,8 +161,9 @@ class Trainer:
             if cfg.logging.snapshot_interval and (self.step % cfg.logging.snapshot_interval == 0 or is_last):
                 # TracIn sums over these with the learning rate of the step that produced each (Pruthi et al.
                 # 2020), as the online influence hook does.
-                save_checkpoint({"step": self.step, "lr": lr, "class_marginal": self.class_marginal.cpu(),
-                                 "model": self.model.state_dict()}, snapshot_path(run_dir, self.step))
+                save_checkpoint({"format": CHECKPOINT_FORMAT, "step": self.step, "lr": trained.lr,
+                                 "algorithm": state_on(self.algorithm_state, "cpu"), "model": self.model.state_dict()},
+                                snapshot_path(run_dir, self.step))
             if self.step % cfg.logging.checkpoint_interval == 0 or self.step == end_step:
                 if self.step == end_step:  # hooks write their final summaries into the last checkpoint's state
                     for hook in self.hooks:
@@ -161,39 +183,23 @@ class Trainer:
                             seed=cfg.train.seed,
                             strong_variant=None if self.augment_on_device else cfg.data.strong_augment)
 
-    def prepare_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def prepare_batch(self, step: int, batch: UnaugmentedBatch | TrainBatch) -> TrainBatch:
         """Copy to the device (asynchronously from pinned memory on CUDA), augmenting there if configured."""
-        step = int(batch["step"])  # a CPU tensor: no device sync
         if not self.augment_on_device:
-            batch = self._shard(batch)
-        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+            batch = batch.map(self.dist.shard)
+        batch = batch.map(lambda tensor: tensor.to(self.device, non_blocking=True))
         if self.augment_on_device:  # the global batch, so every process draws what one process would
-            batch = self._shard(augment_batch(batch, step, self.config.train.seed, self.config.data.strong_augment))
+            batch = augment_batch(batch, step, self.config.train.seed, self.config.data.strong_augment).map(self.dist.shard)
         return batch
 
-    def _shard(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {key: value if key == "step" else self.dist.shard(value) for key, value in batch.items()}
-
-    def train_step(self, batch: dict[str, torch.Tensor]):
+    def train_step(self, batch: TrainBatch) -> TrainedStep:
         """Forward, step math, backward, optimizer, scheduler, EMA on one batch; returns what the loop logs."""
-        cfg, timer = self.config, self.timer
-        num_lb, num_ulb = len(batch["y_lb"]), len(batch["idx_ulb"])
+        timer = self.timer
         with timer.section("forward"), torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
-            if cfg.train.weak_forward == "joint":
-                # One pass over labeled, weak and strong views, so BatchNorm sees them together as in
-                # FixMatch; the weak logits are detached inside the step function.
-                logits = self.forward(self._model_input(batch["x_lb"], batch["x_ulb_weak"], batch["x_ulb_strong"]))
-                logits_lb, logits_weak, logits_strong = logits.split([num_lb, num_ulb, num_ulb])
-            else:
-                with torch.no_grad():
-                    logits_weak = self.forward(self._model_input(batch["x_ulb_weak"]))
-                logits = self.forward(self._model_input(batch["x_lb"], batch["x_ulb_strong"]))
-                logits_lb, logits_strong = logits.split([num_lb, num_ulb])
-            # q_hat follows the whole batch: the mean over processes of their shards' softmax means
-            batch_marginal = (self.dist.mean(torch.softmax(logits_weak.detach().float(), dim=1).mean(dim=0))
-                              if self.dist.enabled else None)
-            result = self.step_function(logits_lb, batch["y_lb"], logits_weak, logits_strong, self.class_marginal,
-                                        batch_marginal=batch_marginal)
+            forward = self._forward(batch)
+            inputs = StepInputs(forward.logits_lb, batch.y_lb, forward.logits_weak, forward.logits_strong, batch.idx_ulb)
+            # the distributed context gives the step the whole batch's q_hat update and per-sample state
+            result = self.algorithm.step(inputs, self.algorithm_state, self.dist)
         with timer.section("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
@@ -203,7 +209,23 @@ class Trainer:
             self.scheduler.step()
             self.step += 1
             self.ema.update(self.model, self.step)
-        return result, logits_lb, logits_weak, lr
+        return TrainedStep(forward, result, lr)
+
+    def _forward(self, batch: TrainBatch) -> ForwardOutput:
+        num_lb, num_ulb = len(batch.y_lb), len(batch.idx_ulb)
+        if self.config.train.weak_forward == "joint":
+            # One pass over labeled, weak and strong views, so BatchNorm sees them together as in
+            # FixMatch; the weak logits are detached inside the step.
+            logits, features = self.forward(self._model_input(batch.x_lb, batch.x_ulb_weak, batch.x_ulb_strong))
+            logits_lb, logits_weak, logits_strong = logits.split([num_lb, num_ulb, num_ulb])
+            features_lb, features_weak, _ = features.split([num_lb, num_ulb, num_ulb])
+        else:
+            with torch.no_grad():
+                logits_weak, features_weak = self.forward(self._model_input(batch.x_ulb_weak))
+            logits, features = self.forward(self._model_input(batch.x_lb, batch.x_ulb_strong))
+            logits_lb, logits_strong = logits.split([num_lb, num_ulb])
+            features_lb = features[:num_lb]
+        return ForwardOutput(logits_lb, logits_weak, logits_strong, features_lb, features_weak)
 
     def _model_input(self, *images: torch.Tensor) -> torch.Tensor:
         inputs = to_model_input(torch.cat(images) if len(images) > 1 else images[0], self.mean, self.std)
@@ -215,10 +237,9 @@ class Trainer:
         model = self.ema.module if cfg.eval.use_ema else self.model
         metrics = evaluate_model(model, self.data.test, self.data.labeled_counts, self.mean, self.std,
                                  cfg.eval.batch_size, self.device)
-        tau = cfg.algorithm.tau if cfg.algorithm.name == "debiaspl" else 0.0
-        metrics.update(evaluate_pseudo_labels(model, self.data.unlabeled, self.class_marginal, tau,
-                                              cfg.algorithm.threshold, self.mean, self.std, cfg.eval.batch_size,
-                                              self.device))
+        metrics.update(evaluate_pseudo_labels(model, self.data.unlabeled, self.algorithm,
+                                              state_on(self.algorithm_state, "cpu"), self.mean, self.std,
+                                              cfg.eval.batch_size, self.device))
         return metrics
 
     def _run_context(self, log: RunLog, run_dir: Path) -> RunContext:
@@ -229,26 +250,22 @@ class Trainer:
             unlabeled_labels=data.unlabeled.labels.to(self.device, copy=True), labeled_counts=data.labeled_counts,
             unlabeled_counts=data.unlabeled_counts, batch_size=cfg.train.batch_size,
             unlabeled_batch_size=cfg.train.batch_size * cfg.train.unlabeled_ratio, total_steps=cfg.train.steps,
-            start_step=self.step, algorithm=cfg.algorithm.name,
-            tau=cfg.algorithm.tau if cfg.algorithm.name == "debiaspl" else 0.0, threshold=cfg.algorithm.threshold,
-            device=self.device)
+            start_step=self.step, algorithm=self.algorithm.name, debiased=self.algorithm.debiases, device=self.device)
 
-    def _step_record(self, batch: dict, logits_lb: torch.Tensor, logits_weak: torch.Tensor, result,
-                     marginal_before: torch.Tensor, lr: float) -> StepRecord:
-        num_lb, num_ulb = len(batch["y_lb"]), len(batch["idx_ulb"])
-        features_lb = features_weak = None
-        if self._features is not None:
-            features_lb, features_weak = self._features[:num_lb], self._features[num_lb:num_lb + num_ulb]
-            if self.config.train.weak_forward == "separate":  # the last forward was the labeled + strong one
-                features_weak = None
+    def _step_record(self, batch: TrainBatch, trained: TrainedStep, marginal_before: torch.Tensor) -> StepRecord:
+        forward, result = trained.forward, trained.result
+        logits_lb = forward.logits_lb.detach().float()
+        features = {"features_lb": forward.features_lb.detach(), "features_weak": forward.features_weak.detach()} \
+            if self.records_features else {}
         record = StepRecord(
-            step=self.step, idx_lb=batch["idx_lb"], y_lb=batch["y_lb"], logits_lb=logits_lb.detach().float(),
-            idx_ulb=batch["idx_ulb"], y_ulb=batch["y_ulb"], logits_weak=logits_weak.detach().float(),
-            probs_weak=result.probs_weak, probs_pseudo=result.probs_pseudo, pseudo_labels=result.pseudo_labels,
+            step=self.step, idx_lb=batch.idx_lb, y_lb=batch.y_lb, logits_lb=logits_lb,
+            probs_lb=torch.softmax(logits_lb, dim=1), idx_ulb=batch.idx_ulb, y_ulb=batch.y_ulb,
+            logits_weak=forward.logits_weak.detach().float(), probs_weak=result.probs_weak,
+            probs_pseudo=result.probs_pseudo, pseudo_labels=result.pseudo_labels, mask=result.mask,
             # a copy: result.class_marginal is the trainer's live q_hat
-            mask=result.mask, class_marginal_before=marginal_before, class_marginal=result.class_marginal.clone(),
+            class_marginal_before=marginal_before, class_marginal=result.class_marginal.clone(),
             loss=result.loss.detach(), loss_sup=result.loss_sup.detach(), loss_unsup=result.loss_unsup.detach(),
-            lr=lr, features_lb=features_lb, features_weak=features_weak)
+            lr=trained.lr, **features)
         if self.gather_records:  # hooks see the global batch, as in a one-process run
             per_sample = {name: self.dist.gather(value) for name, value in vars(record).items()
                           if name in _PER_SAMPLE_FIELDS and value is not None}
@@ -257,7 +274,7 @@ class Trainer:
         return record
 
     def _marginal_scalars(self) -> dict[str, float]:
-        values = self.class_marginal.tolist()
+        values = self.algorithm_state["class_marginal"].tolist()
         return {f"pseudo/class_marginal/{name}": value for name, value in zip(self.data.class_names, values)}
 
     # -- resume ------------------------------------------------------------------------------------
@@ -269,7 +286,7 @@ class Trainer:
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "class_marginal": self.class_marginal.cpu(),
+            "algorithm": state_on(self.algorithm_state, "cpu"),
             "monitor": self.monitor.state_dict(),
             "hooks": {hook.name: hook.on_save_checkpoint() for hook in self.hooks},
             "rng": capture_rng_state(),
@@ -282,7 +299,7 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.class_marginal = state["class_marginal"].to(self.device)
+        self.algorithm_state = state_on(state["algorithm"], self.device)
         self.monitor.load_state_dict(state["monitor"])
         for hook in self.hooks:  # a hook added on resume starts fresh
             if hook.name in state["hooks"]:
@@ -290,7 +307,7 @@ class Trainer:
         restore_rng_state(state["rng"])
 
 
-_PER_SAMPLE_FIELDS = frozenset({"idx_lb", "y_lb", "logits_lb", "idx_ulb", "y_ulb", "logits_weak", "probs_weak",
+_PER_SAMPLE_FIELDS = frozenset({"idx_lb", "y_lb", "logits_lb", "probs_lb", "idx_ulb", "y_ulb", "logits_weak", "probs_weak",
                                 "probs_pseudo", "pseudo_labels", "mask", "features_lb", "features_weak"})
 
 

@@ -43,9 +43,8 @@ class RunContext:
     unlabeled_batch_size: int         # mu * B
     total_steps: int                  # T
     start_step: int                   # 0, or the step a resumed run continues from
-    algorithm: str                    # "fixmatch" or "debiaspl"
-    tau: float                        # 0 for FixMatch
-    threshold: float
+    algorithm: str                    # algorithm.name, e.g. "fixmatch" or "flexmatch+debiaspl"
+    debiased: bool                    # pseudo-labels come from debiased logits, not the raw weak view
     device: torch.device
 
     @property
@@ -61,13 +60,14 @@ class StepRecord:
     idx_lb: torch.Tensor               # [B] indices into the labeled set
     y_lb: torch.Tensor                 # [B]
     logits_lb: torch.Tensor            # [B, C] float32
+    probs_lb: torch.Tensor             # [B, C] its softmax
     idx_ulb: torch.Tensor              # [N] indices into the unlabeled set, N = mu * B
     y_ulb: torch.Tensor                # [N] hidden truth, for monitoring only
     logits_weak: torch.Tensor          # [N, C] float32
     probs_weak: torch.Tensor           # [N, C] raw weak-view softmax
-    probs_pseudo: torch.Tensor         # [N, C] distribution the pseudo-labels come from (debiased for DebiasPL)
+    probs_pseudo: torch.Tensor         # [N, C] distribution the pseudo-labels come from (debiased under DebiasPL)
     pseudo_labels: torch.Tensor        # [N]
-    mask: torch.Tensor                 # [N] float, 1 where the pseudo-label passed the threshold
+    mask: torch.Tensor                 # [N] float, 1 where the pseudo-label counts in the loss
     class_marginal_before: torch.Tensor  # [C] q_hat the pseudo-labels were debiased with
     class_marginal: torch.Tensor       # [C] q_hat after this step
     loss: torch.Tensor                 # scalar

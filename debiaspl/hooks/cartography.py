@@ -17,13 +17,12 @@ from pathlib import Path
 
 import torch
 
-from debiaspl.analysis.cartography import region_of, td_metrics_records, top_k, training_dynamics_metrics
-from debiaspl.analysis.plots import data_map_figure, save_figure
-from debiaspl.analysis.tables import write_csv
-from debiaspl.config import option
+from debiaspl.metrics.cartography import region_of, td_metrics_records, top_k, training_dynamics_metrics
+from debiaspl.metrics.plots import data_map_figure, save_figure
+from debiaspl.files import write_csv, write_text
+from debiaspl.options import option
 from debiaspl.data.loaders import stream_epoch_segments
 from debiaspl.hooks.base import Hook, RunContext, StepRecord
-from debiaspl.run_folder import write_text
 
 
 @dataclass(frozen=True)
@@ -148,9 +147,8 @@ class CartographyHook(Hook):
         if opts.labeled:
             add_map("labeled", context.labeled_ids, context.labeled_labels, context.batch_size, False)
         if opts.unlabeled:
-            debiased = context.tau > 0
             add_map("unlabeled", context.unlabeled_ids, context.unlabeled_labels, context.unlabeled_batch_size, True)
-            if debiased:
+            if context.debiased:
                 add_map("unlabeled_before_debiasing", context.unlabeled_ids, context.unlabeled_labels,
                         context.unlabeled_batch_size, True)
         if opts.export_allenai:
@@ -172,9 +170,8 @@ class CartographyHook(Hook):
     def on_step_end(self, record: StepRecord) -> None:
         self.step = record.step
         if "labeled" in self.maps:
-            probs = torch.softmax(record.logits_lb, dim=1)
-            self.maps["labeled"].record(record.step, record.idx_lb, probs, record.y_lb,
-                                        probs.argmax(dim=1) == record.y_lb)
+            self.maps["labeled"].record(record.step, record.idx_lb, record.probs_lb, record.y_lb,
+                                        record.probs_lb.argmax(dim=1) == record.y_lb)
         if "unlabeled" in self.maps:
             self.maps["unlabeled"].record(record.step, record.idx_ulb, record.probs_pseudo, record.pseudo_labels,
                                           record.pseudo_labels == record.y_ulb)

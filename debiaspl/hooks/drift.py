@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from debiaspl.analysis.distribution import (confusion_update, count_ratio, imbalance_ratio, kl_divergence,
+from debiaspl.metrics.distribution import (confusion_update, count_ratio, imbalance_ratio, kl_divergence,
                                             per_class_precision_recall)
-from debiaspl.analysis.plots import class_distribution_figure, confusion_matrix_figure
-from debiaspl.config import option
+from debiaspl.metrics.plots import class_distribution_figure, confusion_matrix_figure
+from debiaspl.options import option
 from debiaspl.hooks.base import Hook, RunContext, StepRecord
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from debiaspl.analysis.influence import last_layer_self_influence
-from debiaspl.analysis.tables import write_csv
-from debiaspl.config import option
+from debiaspl.metrics.influence import last_layer_self_influence
+from debiaspl.files import write_csv
+from debiaspl.options import option
 from debiaspl.hooks.base import Hook, RunContext, StepRecord
 
 
@@ -45,8 +45,7 @@ class InfluenceHook(Hook):
 
     def on_step_end(self, record: StepRecord) -> None:
         if record.step % self.options.every == 0:
-            probs = torch.softmax(record.logits_lb, dim=1)
-            influence = last_layer_self_influence(probs, record.y_lb, record.features_lb, record.lr)
+            influence = last_layer_self_influence(record.probs_lb, record.y_lb, record.features_lb, record.lr)
             self.state["total"].index_add_(0, record.idx_lb, influence.to(torch.float64))
             self.state["count"].index_add_(0, record.idx_lb, torch.ones_like(record.idx_lb))
         if record.step % self.options.write_interval == 0:

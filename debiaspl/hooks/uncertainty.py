@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from debiaspl.analysis.plots import reliability_diagram_figure
-from debiaspl.analysis.uncertainty import (auroc_from_histograms, calibration_update, expected_calibration_error,
+from debiaspl.metrics.plots import reliability_diagram_figure
+from debiaspl.metrics.uncertainty import (auroc_from_histograms, calibration_update, expected_calibration_error,
                                            histogram_update, normalized_entropy)
-from debiaspl.config import option
+from debiaspl.options import option
 from debiaspl.hooks.base import Hook, RunContext, StepRecord
 
 # The AUROC bins log10(entropy) over [-12, 0]: late in training most entropies are tiny, and linear
@@ -44,8 +44,8 @@ class UncertaintyHook(Hook):
 
     def on_train_start(self, context: RunContext) -> None:
         self.context = context
-        # For FixMatch (tau = 0) the two distributions are the same: watch one.
-        self.views = ("before_debiasing", "after_debiasing") if context.tau > 0 else ("pseudo_labels",)
+        # Without debiasing the two distributions are the same: watch one.
+        self.views = ("before_debiasing", "after_debiasing") if context.debiased else ("pseudo_labels",)
         if self.sums:
             self.sums = {view: {k: v.to(context.device) for k, v in sums.items()} for view, sums in self.sums.items()}
         else:

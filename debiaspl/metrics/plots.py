@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import torch
 
-from debiaspl.analysis.uncertainty import expected_calibration_error
+from debiaspl.metrics.uncertainty import expected_calibration_error
 
 
 def _figure(**kwargs):

@@ -11,7 +11,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from debiaspl.analysis.uncertainty import normalized_entropy
+from debiaspl.metrics.uncertainty import normalized_entropy
 
 STRATEGIES = ("least_confidence", "margin", "entropy", "bald", "random", "ambiguity", "self_influence")
 

@@ -1,8 +1,8 @@
-"""The experiment schema: frozen, typed dataclasses whose defaults are the paper's recipe.
+"""Loading experiments: files (with `base:`) -> merged dict -> --set overrides -> validated dataclasses.
 
-An experiment YAML holds only differences from these defaults (optionally on top of a `base:`
-file); `load_experiment` validates everything before anything runs and raises `ConfigError`
-naming the dotted key, the value and what is allowed.
+`load_experiment` validates everything before anything runs and raises `ConfigError` naming the
+dotted key, the value and what is allowed. Algorithm and hook sections are checked against the
+options their registries declare, so a key the chosen algorithm or hook does not use is an error.
 """
 
 from __future__ import annotations
@@ -12,156 +12,30 @@ import difflib
 import math
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from debiaspl.algorithm import ALGORITHMS, LAYER_SEPARATOR, LAYERS, parse_algorithm_name
+from debiaspl.config.schema import AlgorithmConfig, ExperimentConfig, HookConfig
 from debiaspl.errors import UserError
+from debiaspl.hooks import HOOKS
+
+_SHARED_ALGORITHM_KEYS = ("name", "unlabeled_weight", "marginal_momentum")
 
 
 class ConfigError(UserError):
     """An experiment file or override that does not fit the schema."""
 
 
-def option(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None,
-           le: float | None = None, lt: float | None = None) -> Any:
-    """A config field with its documentation and numeric bounds (checked on load)."""
-    return field(default=default, metadata={"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt})
+class AbsentPartOptions(ConfigError):
+    """Options for an algorithm part (a base or a layer) that `algorithm.name` does not include."""
 
+    def __init__(self, message: str, section: str):
+        super().__init__(message)
+        self.section = section  # e.g. "algorithm.debiaspl"
 
-DatasetName = Literal["cifar10", "cifar100", "imagefolder", "digits"]
-ModelName = Literal["wrn28_2", "wrn28_8", "small_cnn", "small_cnn_gn"]
-AlgorithmName = Literal["fixmatch", "debiaspl"]
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: DatasetName = option("cifar10", "which data: torchvision CIFAR-10/100, an ImageFolder tree (root/train/CLASS/*, root/test/CLASS/*), or scikit-learn's bundled 8x8 digits (offline)")
-    root: str = option("data", "folder holding the dataset (CIFAR is downloaded here when absent)")
-    download: bool = option(True, "download CIFAR into `root` when it is not there")
-    num_labeled_head: int = option(1500, "N1: labeled images of the most frequent class", ge=1)
-    labeled_imbalance: float = option(100.0, "gamma_l: ratio of the labeled head to tail class count", ge=1)
-    num_unlabeled_head: int = option(3000, "M1: unlabeled images of the most frequent class (0: unlabeled = the rest of the train set)", ge=0)
-    unlabeled_imbalance: float = option(100.0, "gamma_u: 1 = uniform unlabeled set, negative = reversed order (tail classes most frequent)")
-    split_seed: int = option(0, "seed of the labeled/unlabeled draw (separate from train.seed so runs share a split)", ge=0)
-    strong_augment: Literal["fixmatch", "usb"] = option("fixmatch", "RandAugment variant of the strong view: FixMatch's (2 ops, random magnitude, p=0.5) or USB's (3 ops)")
-    num_workers: int = option(0, "background processes that gather and augment batches (0: in the training process, which on few CPU cores is faster: a worker competes with the compute threads)", ge=0)
-    augment_on: Literal["auto", "loader", "device"] = option("auto", "where batches are augmented: in the loader (the training process, or its workers), or on the training device after the copy (auto: device on CUDA, loader on CPU); the result is the same")
-    label_file: str = option("", "CSV with columns sample_id,label (class name or index): these train-pool images join the labeled set with these labels, e.g. newly annotated ones from `debiaspl select` (a relative path is relative to the working directory)")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: ModelName = option("wrn28_2", "network: WRN-28-2 (CIFAR-10), WRN-28-8 (CIFAR-100), small_cnn (CPU runs), small_cnn_gn (the same with GroupNorm, independent of the batch split across processes)")
-    dropout: float = option(0.0, "dropout rate before the classifier", ge=0, lt=1)
-
-
-@dataclass(frozen=True)
-class AlgorithmConfig:
-    name: AlgorithmName = option("debiaspl", "fixmatch, or FixMatch + DebiasPL (causal logit debiasing + adaptive margin loss)")
-    threshold: float = option(0.95, "FixMatch's tau: confidence a pseudo-label needs to count in the loss", ge=0, le=1)
-    unlabeled_weight: float = option(1.0, "lambda_u: weight of the unlabeled loss", ge=0)
-    tau: float = option(0.4, "DebiasPL's tau (--tau of the official code): strength of the logit debiasing and of the adaptive margin", ge=0)
-    marginal_momentum: float = option(0.999, "DebiasPL's m: momentum of the class-marginal estimate q_hat", ge=0, lt=1)
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    lr: float = option(0.03, "SGD learning rate (eta)", gt=0)
-    momentum: float = option(0.9, "SGD momentum", ge=0, lt=1)
-    nesterov: bool = option(True, "Nesterov momentum")
-    weight_decay: float = option(5e-4, "L2 weight decay, not applied to biases and BatchNorm (FixMatch: 5e-4 CIFAR-10, 1e-3 CIFAR-100)", ge=0)
-    schedule: Literal["cosine", "constant"] = option("cosine", "cosine: lr * cos(7 pi t / (16 T)) as in FixMatch")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = option(262144, "T: optimizer steps in the whole run (2^18)", ge=1)
-    batch_size: int = option(64, "B: labeled images per step", ge=1)
-    unlabeled_ratio: int = option(2, "mu: unlabeled images per step = mu * B", ge=1)
-    ema_decay: float = option(0.999, "decay of the weight EMA used for evaluation", ge=0, lt=1)
-    ema_warmup: bool = option(True, "EMA decay min(d, (1+t)/(10+t)) so short runs are not dominated by the initial weights")
-    seed: int = option(0, "seed of weights, batch order and augmentation", ge=0)
-    device: str = option("auto", "auto (cuda when available), cpu, cuda or cuda:N")
-    precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast of the forward pass (losses and q_hat stay float32); auto: bf16 on CUDA devices that support it and on CPUs with native bf16 instructions (AVX512-BF16 or AMX), fp32 elsewhere")
-    channels_last: bool = option(True, "NHWC memory layout for the model and its inputs (faster convolutions with bf16 and on many CPUs)")
-    compile: bool = option(False, "torch.compile the model (slow first steps; worth it for long GPU runs)")
-    weak_forward: Literal["joint", "separate"] = option("joint", "joint: labeled, weak and strong views in one forward pass with gradients, so BatchNorm sees them together (FixMatch); separate: the weak view in its own pass without gradients (cheaper)")
-    deterministic: bool = option(False, "deterministic CUDA kernels (slower), so GPU runs repeat and resume bit for bit as CPU runs do")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    interval: int = option(1024, "evaluate on the test set every this many steps (and at the end)", ge=1)
-    batch_size: int = option(256, "test batch size", ge=1)
-    use_ema: bool = option(True, "evaluate the EMA model (FixMatch) rather than the raw weights")
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    run_dir: str = option("runs", "parent folder of run folders")
-    run_name: str = option("", "run folder name under run_dir (empty: the experiment file's name)")
-    log_interval: int = option(50, "write training scalars every this many steps (the only host syncs)", ge=1)
-    checkpoint_interval: int = option(1024, "write the resumable checkpoint every this many steps (and at the end)", ge=1)
-    progress_bar: bool = option(True, "show a tqdm progress bar")
-    snapshot_interval: int = option(0, "keep the model weights every this many steps in snapshots/ for `debiaspl influence` (TracIn); 0: none", ge=0)
-
-
-@dataclass(frozen=True)
-class HookConfig:
-    """One entry of the `hooks:` list: a hook name from debiaspl.hooks.HOOKS and its validated options."""
-
-    name: str
-    options: Any
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    hooks: tuple[HookConfig, ...] = ()  # analyses that watch training; they never change the weights
-
-
-# Keys that change how a run executes or reports, never what it learns (beyond the order of float
-# roundings): a run may resume under other values of them, and `debiaspl report` puts runs that
-# differ only in them (and in their seed) in one row.
-EXECUTION_KEYS = frozenset({
-    "data.root", "data.download", "data.num_workers", "data.augment_on", "train.device", "train.deterministic",
-    "train.compile", "train.channels_last", "eval.batch_size", "hooks",
-    *(f"logging.{f.name}" for f in dataclasses.fields(LoggingConfig)),
-})
-
-# FixMatch makes pseudo-labels without debiasing and tracks q_hat for monitoring only.
-UNUSED_BY_FIXMATCH = frozenset({"algorithm.tau", "algorithm.marginal_momentum"})
-
-
-def training_settings(flat: dict[str, Any]) -> dict[str, Any]:
-    """The keys of a flattened config that decide what a run learns: all but EXECUTION_KEYS and, for
-    FixMatch, the DebiasPL keys it ignores. Two runs with equal training settings train the same run."""
-    ignored = UNUSED_BY_FIXMATCH if flat.get("algorithm.name") == "fixmatch" else frozenset()
-    return {key: value for key, value in flat.items() if key not in EXECUTION_KEYS and key not in ignored}
-
-
-def flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
-    """{'train': {'steps': 1}} -> {'train.steps': 1}; lists (the hooks) stay whole values."""
-    keys = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            keys.update(flatten(value, f"{prefix}{key}."))
-        else:
-            keys[f"{prefix}{key}"] = value
-    return keys
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading: files (with `base:`) -> merged dict -> --set overrides -> validated dataclasses.
 
 def load_experiment(path: str | Path, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
     """Read an experiment file, apply `dotted.key=value` overrides, validate, and fill defaults."""
@@ -176,6 +50,29 @@ def load_experiment(path: str | Path, overrides: typing.Sequence[str] = ()) -> E
     if not config.logging.run_name:
         config = replace_dotted(config, "logging.run_name", path.stem)
     return config
+
+
+def load_saved_config(path: Path) -> ExperimentConfig:
+    """A run folder's config.yaml, also one saved in an older layout (upgrade_legacy_config)."""
+    return from_dict(upgrade_legacy_config(_read_with_bases(path, chain=())), source=str(path))
+
+
+def upgrade_legacy_config(raw: dict) -> dict:
+    """A config saved before algorithms had their own sections (checkpoint format 1), in today's layout.
+
+    Then `algorithm` was flat: name fixmatch | debiaspl (= FixMatch + DebiasPL), threshold, tau, ...
+    """
+    algorithm = raw.get("algorithm") if isinstance(raw, dict) else None
+    if not isinstance(algorithm, dict) or not ({"tau", "threshold"} & algorithm.keys() or algorithm.get("name") == "debiaspl"):
+        return raw
+    layered = algorithm.get("name", "debiaspl") == "debiaspl"  # the old default
+    upgraded: dict[str, Any] = {"name": f"fixmatch{LAYER_SEPARATOR}debiaspl" if layered else "fixmatch"}
+    upgraded.update({key: algorithm[key] for key in ("unlabeled_weight", "marginal_momentum") if key in algorithm})
+    if "threshold" in algorithm:
+        upgraded["fixmatch"] = {"threshold": algorithm["threshold"]}
+    if layered and "tau" in algorithm:  # FixMatch runs stored a tau they never used
+        upgraded["debiaspl"] = {"tau": algorithm["tau"]}
+    return {**raw, "algorithm": upgraded}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -201,9 +98,15 @@ def from_dict(raw: dict, source: str = "config") -> ExperimentConfig:
 
 def to_dict(config: ExperimentConfig) -> dict:
     """Plain nested dicts and lists, in the shape an experiment file has (hooks as flat mappings)."""
-    raw = {f.name: dataclasses.asdict(getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "hooks"}
+    raw = {f.name: dataclasses.asdict(getattr(config, f.name)) for f in dataclasses.fields(config)
+           if f.name not in ("hooks", "algorithm")}
+    algorithm = config.algorithm
+    raw["algorithm"] = {key: getattr(algorithm, key) for key in _SHARED_ALGORITHM_KEYS}
+    raw["algorithm"][algorithm.base_name] = dataclasses.asdict(algorithm.base)
+    if algorithm.layer is not None:
+        raw["algorithm"][algorithm.layer_name] = dataclasses.asdict(algorithm.layer)
     raw["hooks"] = [{"name": hook.name, **dataclasses.asdict(hook.options)} for hook in config.hooks]
-    return raw
+    return {f.name: raw[f.name] for f in dataclasses.fields(config)}  # in the schema's order
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:
@@ -218,16 +121,27 @@ def replace_dotted(config: ExperimentConfig, key: str, value: Any) -> Experiment
 
 
 def describe_fields(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """(dotted key, type, default, doc) for every leaf field: the README's config reference."""
+    """(dotted key, type, default, doc) for every leaf field: the README's config reference.
+
+    The algorithm section lists the options of every base and layer, each under its own name.
+    """
     rows = []
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        hint = typing.get_type_hints(cls)[f.name]
+        hint = hints[f.name]
         if f.name == "hooks" and cls is ExperimentConfig:
             continue  # documented per hook: describe_fields(HOOKS[name].Options, f"hooks[].")
+        if cls is AlgorithmConfig and f.name in ("base", "layer"):
+            continue  # below, per registered part
         if dataclasses.is_dataclass(hint):
             rows += describe_fields(hint, prefix + f.name + ".")
         else:
             rows.append((prefix + f.name, _type_name(hint), f.default, f.metadata.get("doc", "")))
+    if cls is AlgorithmConfig:
+        for part, with_it in [*((b, f"with the base {b}") for b in ALGORITHMS), *((l, f"with the layer +{l}") for l in LAYERS)]:
+            options = (ALGORITHMS.get(part) or LAYERS[part]).Options
+            rows += [(key, kind, default, f"{doc} ({with_it})")
+                     for key, kind, default, doc in describe_fields(options, f"{prefix}{part}.")]
     return rows
 
 
@@ -237,6 +151,9 @@ def _leaf_type(dotted: str) -> Any:
     for part in dotted.split("."):
         if not dataclasses.is_dataclass(cls):
             return None
+        if cls is AlgorithmConfig and part in {**ALGORITHMS, **LAYERS}:
+            cls = (ALGORITHMS.get(part) or LAYERS[part]).Options
+            continue
         cls = typing.get_type_hints(cls).get(part)
     return cls
 
@@ -282,6 +199,8 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     for part in parents:
         child = node.setdefault(part, {})
+        if child is None:  # an empty section (`debiaspl:` with nothing under it)
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"--set {key}: {part} is not a section")
         node = child
@@ -306,15 +225,45 @@ def _build(cls: type, raw: dict, prefix: str, source: str) -> Any:
         elif dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {dotted} must be a section (a mapping), got {value!r}")
-            values[f.name] = _build(hint, value, dotted + ".", source)
+            build = _build_algorithm if hint is AlgorithmConfig else _build
+            values[f.name] = build(hint, value, dotted + ".", source)
         else:
             values[f.name] = _check_value(value, hint, f.metadata, dotted, source)
     return cls(**values)
 
 
-def _build_hooks(entries: Any, source: str) -> tuple[HookConfig, ...]:
-    from debiaspl.hooks import HOOKS  # late: hook modules import this one for `option`
+def _build_algorithm(cls: type, raw: dict, prefix: str, source: str) -> AlgorithmConfig:
+    """The shared keys, then one section per part that `name` includes (defaults where it is absent)."""
+    name = raw.get("name", AlgorithmConfig().name)
+    try:
+        base, layer = parse_algorithm_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {prefix}name = {name!r}: {exc}") from None
+    parts = {base.name: base.Options, **({layer.name: layer.Options} if layer else {})}
+    for key, value in raw.items():
+        if key in _SHARED_ALGORITHM_KEYS or key in parts:
+            continue
+        if key in {**ALGORITHMS, **LAYERS} and value is None:  # how a file drops a section its base file set
+            continue
+        if key in ALGORITHMS or key in LAYERS:
+            raise AbsentPartOptions(f"{source}: {prefix}{key} holds the options of {key}, which {prefix}name = {name} "
+                                    f"does not include", section=f"{prefix}{key}")
+        leaves = {**{k: k for k in (*_SHARED_ALGORITHM_KEYS, *parts)},
+                  **{f.name: f"{part}.{f.name}" for part, options in parts.items() for f in dataclasses.fields(options)}}
+        close = difflib.get_close_matches(str(key), list(leaves), n=1)
+        hint = f"; did you mean {prefix}{leaves[close[0]]}?" if close else f"; allowed: {', '.join(dict.fromkeys(leaves.values()))}"
+        raise ConfigError(f"{source}: unknown key {prefix}{key}{hint}")
+    shared = _build(cls, {key: raw[key] for key in _SHARED_ALGORITHM_KEYS if key in raw}, prefix, source)
+    options = {}
+    for part, part_options in parts.items():
+        section = raw.get(part) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{source}: {prefix}{part} must be a section (a mapping) of {part}'s options, got {section!r}")
+        options[part] = _build(part_options, section, f"{prefix}{part}.", source)
+    return dataclasses.replace(shared, base=options[base.name], layer=options[layer.name] if layer else None)
 
+
+def _build_hooks(entries: Any, source: str) -> tuple[HookConfig, ...]:
     if entries is None:
         return ()
     if not isinstance(entries, list):
@@ -335,8 +284,6 @@ def _build_hooks(entries: Any, source: str) -> tuple[HookConfig, ...]:
         seen.add(name)
         hooks.append(HookConfig(name, _build(HOOKS[name].Options, options, f"{where}.", source)))
     return tuple(hooks)
-
-
 def _check_relations(config: ExperimentConfig, source: str) -> None:
     """Constraints that a single field's bounds cannot express."""
     if abs(config.data.unlabeled_imbalance) < 1:

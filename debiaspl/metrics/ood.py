@@ -9,8 +9,8 @@ import math
 import numpy as np
 import torch
 
-from debiaspl.analysis.plots import _figure, _numpy
-from debiaspl.analysis.uncertainty import normalized_entropy
+from debiaspl.metrics.plots import _figure, _numpy
+from debiaspl.metrics.uncertainty import normalized_entropy
 
 
 def ood_scores(logits: torch.Tensor, mutual_information: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -1,0 +1,17 @@
+"""The experiment config: schema (frozen dataclasses), loader (YAML, validation, overrides) and run
+identity (which settings decide what a run learns)."""
+
+from debiaspl.config.identity import EXECUTION_KEYS, flatten, training_settings
+from debiaspl.config.loader import (AbsentPartOptions, ConfigError, describe_fields, from_dict, load_experiment,
+                                    load_saved_config, parse_override, replace_dotted, save_config, to_dict,
+                                    upgrade_legacy_config)
+from debiaspl.config.schema import (AlgorithmConfig, DataConfig, DatasetName, EvalConfig, ExperimentConfig,
+                                    HookConfig, LoggingConfig, ModelConfig, ModelName, OptimConfig, TrainConfig)
+from debiaspl.options import option
+
+__all__ = [
+    "EXECUTION_KEYS", "AbsentPartOptions", "AlgorithmConfig", "ConfigError", "DataConfig", "DatasetName", "EvalConfig",
+    "ExperimentConfig", "HookConfig", "LoggingConfig", "ModelConfig", "ModelName", "OptimConfig", "TrainConfig",
+    "describe_fields", "flatten", "from_dict", "load_experiment", "load_saved_config", "option", "parse_override",
+    "replace_dotted", "save_config", "to_dict", "training_settings", "upgrade_legacy_config",
+]

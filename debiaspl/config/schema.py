@@ -1,0 +1,133 @@
+"""The experiment schema: frozen, typed dataclasses whose defaults are the paper's recipe.
+
+Each field carries its meaning and bounds (`option`); fields marked `execution` change how a run
+executes or reports, never what it learns. Algorithm and hook options are declared next to their
+code (debiaspl.algorithm, debiaspl.hooks) and validated by the same loader (debiaspl.config.loader).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from debiaspl.algorithm import LAYER_SEPARATOR, Algorithm, compose_algorithm
+from debiaspl.algorithm.debiaspl import DebiasPLOptions
+from debiaspl.algorithm.fixmatch import FixMatchOptions
+from debiaspl.options import option
+
+DatasetName = Literal["cifar10", "cifar100", "imagefolder", "digits"]
+ModelName = Literal["wrn28_2", "wrn28_8", "small_cnn", "small_cnn_gn"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: DatasetName = option("cifar10", "which data: torchvision CIFAR-10/100, an ImageFolder tree (root/train/CLASS/*, root/test/CLASS/*), or scikit-learn's bundled 8x8 digits (offline)")
+    root: str = option("data", "folder holding the dataset (CIFAR is downloaded here when absent)", execution=True)
+    download: bool = option(True, "download CIFAR into `root` when it is not there", execution=True)
+    num_labeled_head: int = option(1500, "N1: labeled images of the most frequent class", ge=1)
+    labeled_imbalance: float = option(100.0, "gamma_l: ratio of the labeled head to tail class count", ge=1)
+    num_unlabeled_head: int = option(3000, "M1: unlabeled images of the most frequent class (0: unlabeled = the rest of the train set)", ge=0)
+    unlabeled_imbalance: float = option(100.0, "gamma_u: 1 = uniform unlabeled set, negative = reversed order (tail classes most frequent)")
+    split_seed: int = option(0, "seed of the labeled/unlabeled draw (separate from train.seed so runs share a split)", ge=0)
+    strong_augment: Literal["fixmatch", "usb"] = option("fixmatch", "RandAugment variant of the strong view: FixMatch's (2 ops, random magnitude, p=0.5) or USB's (3 ops)")
+    num_workers: int = option(0, "background processes that gather and augment batches (0: in the training process, which on few CPU cores is faster: a worker competes with the compute threads)", ge=0, execution=True)
+    augment_on: Literal["auto", "loader", "device"] = option("auto", "where batches are augmented: in the loader (the training process, or its workers), or on the training device after the copy (auto: device on CUDA, loader on CPU); the result is the same", execution=True)
+    label_file: str = option("", "CSV with columns sample_id,label (class name or index): these train-pool images join the labeled set with these labels, e.g. newly annotated ones from `debiaspl select` (a relative path is relative to the working directory)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: ModelName = option("wrn28_2", "network: WRN-28-2 (CIFAR-10), WRN-28-8 (CIFAR-100), small_cnn (CPU runs), small_cnn_gn (the same with GroupNorm, independent of the batch split across processes)")
+    dropout: float = option(0.0, "dropout rate before the classifier", ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """`algorithm:` a base algorithm with an optional layer, each with its own section of options.
+
+    In YAML the options of each part named in `name` sit in a section named after it
+    (`algorithm.fixmatch.threshold`, `algorithm.debiaspl.tau`); a section of a part the name does
+    not include is an error.
+    """
+
+    name: str = option("fixmatch+debiaspl", "the base algorithm (fixmatch, flexmatch), alone or with a layer over its pseudo-labels and loss: BASE+debiaspl adds DebiasPL's causal logit debiasing and adaptive margin loss")
+    unlabeled_weight: float = option(1.0, "lambda_u: weight of the unlabeled loss", ge=0)
+    marginal_momentum: float = option(0.999, "DebiasPL's m: momentum of q_hat, the estimate of the pseudo-labels' class marginal (tracked and logged for every algorithm; DebiasPL debiases with it)", ge=0, lt=1)
+    base: Any = field(default_factory=FixMatchOptions)  # the options of the base named in `name`
+    layer: Any = field(default_factory=DebiasPLOptions)  # the options of its layer, None without one
+
+    @property
+    def base_name(self) -> str:
+        return self.name.partition(LAYER_SEPARATOR)[0]
+
+    @property
+    def layer_name(self) -> str | None:
+        return self.name.partition(LAYER_SEPARATOR)[2] or None
+
+    def build(self) -> Algorithm:
+        """The algorithm these options describe, ready for the trainer and the offline verbs."""
+        return compose_algorithm(self.name, self.base, self.layer, unlabeled_weight=self.unlabeled_weight,
+                                 marginal_momentum=self.marginal_momentum)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = option(0.03, "SGD learning rate (eta)", gt=0)
+    momentum: float = option(0.9, "SGD momentum", ge=0, lt=1)
+    nesterov: bool = option(True, "Nesterov momentum")
+    weight_decay: float = option(5e-4, "L2 weight decay, not applied to biases and BatchNorm (FixMatch: 5e-4 CIFAR-10, 1e-3 CIFAR-100)", ge=0)
+    schedule: Literal["cosine", "constant"] = option("cosine", "cosine: lr * cos(7 pi t / (16 T)) as in FixMatch")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = option(262144, "T: optimizer steps in the whole run (2^18)", ge=1)
+    batch_size: int = option(64, "B: labeled images per step", ge=1)
+    unlabeled_ratio: int = option(2, "mu: unlabeled images per step = mu * B", ge=1)
+    ema_decay: float = option(0.999, "decay of the weight EMA used for evaluation", ge=0, lt=1)
+    ema_warmup: bool = option(True, "EMA decay min(d, (1+t)/(10+t)) so short runs are not dominated by the initial weights")
+    seed: int = option(0, "seed of weights, batch order and augmentation", ge=0)
+    device: str = option("auto", "auto (cuda when available), cpu, cuda or cuda:N", execution=True)
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast of the forward pass (losses and q_hat stay float32); auto: bf16 on CUDA devices that support it and on CPUs with native bf16 instructions (AVX512-BF16 or AMX), fp32 elsewhere")
+    channels_last: bool = option(True, "NHWC memory layout for the model and its inputs (faster convolutions with bf16 and on many CPUs)", execution=True)
+    compile: bool = option(False, "torch.compile the model (slow first steps; worth it for long GPU runs)", execution=True)
+    weak_forward: Literal["joint", "separate"] = option("joint", "joint: labeled, weak and strong views in one forward pass with gradients, so BatchNorm sees them together (FixMatch); separate: the weak view in its own pass without gradients (cheaper)")
+    deterministic: bool = option(False, "deterministic CUDA kernels (slower), so GPU runs repeat and resume bit for bit as CPU runs do", execution=True)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    interval: int = option(1024, "evaluate on the test set every this many steps (and at the end)", ge=1)
+    batch_size: int = option(256, "test batch size", ge=1, execution=True)
+    use_ema: bool = option(True, "evaluate the EMA model (FixMatch) rather than the raw weights")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    run_dir: str = option("runs", "parent folder of run folders", execution=True)
+    run_name: str = option("", "run folder name under run_dir (empty: the experiment file's name)", execution=True)
+    log_interval: int = option(50, "write training scalars every this many steps (the only host syncs)", ge=1, execution=True)
+    checkpoint_interval: int = option(1024, "write the resumable checkpoint every this many steps (and at the end)", ge=1, execution=True)
+    progress_bar: bool = option(True, "show a tqdm progress bar", execution=True)
+    snapshot_interval: int = option(0, "keep the model weights every this many steps in snapshots/ for `debiaspl influence` (TracIn); 0: none", ge=0, execution=True)
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    """One entry of the `hooks:` list: a hook name from debiaspl.hooks.HOOKS and its validated options."""
+
+    name: str
+    options: Any
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # analyses that watch training; they never change the weights
+    hooks: tuple[HookConfig, ...] = field(default=(), metadata={"execution": True})

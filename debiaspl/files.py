@@ -1,0 +1,47 @@
+"""Writing result files atomically (temporary file + rename), so a crash never leaves half a file.
+
+A leaf module: the trainer, the hooks and the offline verbs all write through it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+
+def write_text(path: Path, text: str | bytes) -> None:
+    """Atomically (temporary file + rename); makes the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(text) if isinstance(text, bytes) else tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Atomically; NaN and inf become null."""
+    write_text(path, json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n")
+
+
+def write_csv(path: Path, columns: dict[str, list]) -> None:
+    """One column per key, all of equal length; floats with 6 significant digits."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for row in zip(*columns.values()):
+        writer.writerow([f"{value:.6g}" if isinstance(value, float) else value for value in row])
+    write_text(path, buffer.getvalue())
+
+
+def _finite(value):
+    """Valid JSON has no NaN: non-finite floats become None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
