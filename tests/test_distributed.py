@@ -26,18 +26,22 @@ def marginal_trajectory(config):
                          if "pseudo/class_marginal/0" in row])
 
 
-@pytest.mark.parametrize("augment_on", ["loader", "device"])
-def test_two_processes_match_one(tmp_path, augment_on):
+@pytest.mark.parametrize("augment_on, algorithm", [("loader", "fixmatch+debiaspl"), ("device", "fixmatch+debiaspl"),
+                                                   ("loader", "flexmatch+debiaspl")])
+def test_two_processes_match_one(tmp_path, augment_on, algorithm):
     # GroupNorm: BatchNorm statistics would be per process on the CPU (SyncBatchNorm needs CUDA).
     # fp32: bf16 rounding depends on how the batch is split, so only float32 can match at 1e-6.
-    # threshold 0: every pseudo-label counts, so the unlabeled loss shapes the weights from step 1.
+    # threshold 0: every pseudo-label counts, so the unlabeled loss shapes the weights from step 1,
+    # and FlexMatch records every sample of the batch: only the gathered global batch gives rank 0
+    # the state one process has.
     from debiaspl.config import from_dict, to_dict
     configs = {}
     for name in ("one", "two"):
-        config = tiny_config(tmp_path / "runs", model={"name": "small_cnn_gn"}, algorithm={"fixmatch": {"threshold": 0.0}},
-                                    train={"steps": 4, "batch_size": 8, "precision": "fp32"}, data={"augment_on": augment_on},
-                                    eval={"interval": 4}, logging={"run_name": name, "log_interval": 1,
-                                                                  "checkpoint_interval": 4})
+        base = algorithm.partition("+")[0]
+        config = tiny_config(tmp_path / "runs", model={"name": "small_cnn_gn"},
+                             algorithm={"name": algorithm, base: {"threshold": 0.0}},
+                             train={"steps": 4, "batch_size": 8, "precision": "fp32"}, data={"augment_on": augment_on},
+                             eval={"interval": 4}, logging={"run_name": name, "log_interval": 1, "checkpoint_interval": 4})
         # hooks see the gathered global batch under torchrun
         configs[name] = from_dict({**to_dict(config), "hooks": [{"name": "drift", "interval": 2},
                                                                 {"name": "uncertainty", "interval": 2}]})
@@ -62,6 +66,10 @@ def test_two_processes_match_one(tmp_path, augment_on):
     for key, value in a["model"].items():
         assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-5), key
     assert not torch.equal(a["model"]["classifier.weight"], a["ema"]["classifier.weight"])
+    assert a["algorithm"].keys() == b["algorithm"].keys()
+    if "selected_label" in a["algorithm"]:
+        assert torch.equal(a["algorithm"]["selected_label"], b["algorithm"]["selected_label"])
+        assert (a["algorithm"]["selected_label"] >= 0).sum() > len(a["algorithm"]["selected_label"]) // 2
     rows = {name: [json.loads(line) for line in (run_folder(config) / "metrics.jsonl").open()]
             for name, config in configs.items()}
     hook_rows = {name: [row for row in value if "drift/kl_to_true" in row] for name, value in rows.items()}

@@ -91,7 +91,7 @@ def test_broken_checkpoints_are_user_errors(tiny):
     with pytest.raises(UserError, match="corrupt or not a checkpoint; move it away"):
         train_run(config)
     torch.save({"a": 1}, folder / "checkpoint.pt")
-    with pytest.raises(UserError, match="not a debiaspl checkpoint of format 1"):
+    with pytest.raises(UserError, match="not a debiaspl checkpoint of format 2"):
         train_run(config)
 
 
@@ -163,3 +163,26 @@ def test_precision_auto_takes_bf16_only_where_the_hardware_has_it():
     assert bf16_is_fast(cpu, frozenset({"avx512f", "avx512_bf16"})) and bf16_is_fast(cpu, frozenset({"amx_bf16"}))
     assert not bf16_is_fast(cpu, frozenset({"avx512f", "avx512bw"}))  # bf16 only emulated: slower than fp32
     assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
+
+
+def test_a_format_1_checkpoint_resumes_to_the_same_run(tiny):
+    # Checkpoints written before algorithms had their own state and config sections kept q_hat as
+    # "class_marginal" and a flat algorithm section (name debiaspl, threshold, tau): they resume.
+    straight = tiny(logging={"run_name": "straight"})
+    old = tiny(logging={"run_name": "old"})
+    train_run(straight)
+    train_run(old, until_step=3)
+    path = run_folder(old) / "checkpoint.pt"
+    state = load_checkpoint(path)
+    algorithm = state["config"]["algorithm"]
+    state.update(format=1, class_marginal=state.pop("algorithm")["class_marginal"])
+    state["config"]["algorithm"] = {"name": "debiaspl", "threshold": algorithm["fixmatch"]["threshold"],
+                                    "unlabeled_weight": algorithm["unlabeled_weight"],
+                                    "tau": algorithm["debiaspl"]["tau"], "marginal_momentum": algorithm["marginal_momentum"]}
+    torch.save(state, path)
+    save_config(old, run_folder(old) / "config.yaml")
+    train_run(old)
+    a, b = final_state(straight), final_state(old)
+    assert b["format"] == 2
+    for key in ("model", "ema", "optimizer", "algorithm", "step"):
+        assert_same_tensors(a[key], b[key], key)

@@ -5,13 +5,13 @@ from debiaspl.config.identity import EXECUTION_KEYS, flatten, training_settings
 from debiaspl.config.loader import (AbsentPartOptions, ConfigError, describe_fields, from_dict, load_experiment,
                                     load_saved_config, parse_override, replace_dotted, save_config, to_dict,
                                     upgrade_legacy_config)
-from debiaspl.config.schema import (AlgorithmConfig, DataConfig, DatasetName, EvalConfig, ExperimentConfig,
-                                    HookConfig, LoggingConfig, ModelConfig, ModelName, OptimConfig, TrainConfig)
+from debiaspl.config.schema import (AlgorithmConfig, DataConfig, EvalConfig, ExperimentConfig, HookConfig, LoggingConfig,
+                                    ModelConfig, OptimConfig, TrainConfig)
 from debiaspl.options import option
 
 __all__ = [
-    "EXECUTION_KEYS", "AbsentPartOptions", "AlgorithmConfig", "ConfigError", "DataConfig", "DatasetName", "EvalConfig",
-    "ExperimentConfig", "HookConfig", "LoggingConfig", "ModelConfig", "ModelName", "OptimConfig", "TrainConfig",
+    "EXECUTION_KEYS", "AbsentPartOptions", "AlgorithmConfig", "ConfigError", "DataConfig", "EvalConfig",
+    "ExperimentConfig", "HookConfig", "LoggingConfig", "ModelConfig", "OptimConfig", "TrainConfig",
     "describe_fields", "flatten", "from_dict", "load_experiment", "load_saved_config", "option", "parse_override",
     "replace_dotted", "save_config", "to_dict", "training_settings", "upgrade_legacy_config",
 ]

@@ -136,7 +136,8 @@ def describe_fields(cls: type = ExperimentConfig, prefix: str = "") -> list[tupl
         if dataclasses.is_dataclass(hint):
             rows += describe_fields(hint, prefix + f.name + ".")
         else:
-            rows.append((prefix + f.name, _type_name(hint), f.default, f.metadata.get("doc", "")))
+            kind = " / ".join(f.metadata["choices"]) if f.metadata.get("choices") else _type_name(hint)
+            rows.append((prefix + f.name, kind, f.default, f.metadata.get("doc", "")))
     if cls is AlgorithmConfig:
         for part, with_it in [*((b, f"with the base {b}") for b in ALGORITHMS), *((l, f"with the layer +{l}") for l in LAYERS)]:
             options = (ALGORITHMS.get(part) or LAYERS[part]).Options
@@ -326,6 +327,10 @@ def _check_value(value: Any, hint: Any, meta: typing.Mapping, dotted: str, sourc
     elif hint is str:
         if not isinstance(value, str):
             fail("must be a string")
+        choices = meta.get("choices")
+        if choices is not None and value not in choices:
+            close = difflib.get_close_matches(value, list(choices), n=1)
+            fail(f"must be one of {', '.join(choices)}" + (f" (did you mean {close[0]}?)" if close else ""))
     else:  # pragma: no cover - a schema field of a type this loader does not know
         raise TypeError(f"unsupported config type {hint} for {dotted}")
     bounds = {"ge": (float.__ge__, ">="), "gt": (float.__gt__, ">"), "le": (float.__le__, "<="), "lt": (float.__lt__, "<")}

@@ -10,18 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from debiaspl.algorithm import LAYER_SEPARATOR, Algorithm, compose_algorithm
+from debiaspl.algorithm import LAYER_SEPARATOR, Algorithm, algorithm_names, compose_algorithm
 from debiaspl.algorithm.debiaspl import DebiasPLOptions
 from debiaspl.algorithm.fixmatch import FixMatchOptions
+from debiaspl.data.datasets import DATASETS
+from debiaspl.models import MODELS
 from debiaspl.options import option
-
-DatasetName = Literal["cifar10", "cifar100", "imagefolder", "digits"]
-ModelName = Literal["wrn28_2", "wrn28_8", "small_cnn", "small_cnn_gn"]
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: DatasetName = option("cifar10", "which data: torchvision CIFAR-10/100, an ImageFolder tree (root/train/CLASS/*, root/test/CLASS/*), or scikit-learn's bundled 8x8 digits (offline)")
+    dataset: str = option("cifar10", "which data: torchvision CIFAR-10/100, an ImageFolder tree (root/train/CLASS/*, root/test/CLASS/*), or scikit-learn's bundled 8x8 digits (offline)", choices=DATASETS)
     root: str = option("data", "folder holding the dataset (CIFAR is downloaded here when absent)", execution=True)
     download: bool = option(True, "download CIFAR into `root` when it is not there", execution=True)
     num_labeled_head: int = option(1500, "N1: labeled images of the most frequent class", ge=1)
@@ -37,7 +36,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: ModelName = option("wrn28_2", "network: WRN-28-2 (CIFAR-10), WRN-28-8 (CIFAR-100), small_cnn (CPU runs), small_cnn_gn (the same with GroupNorm, independent of the batch split across processes)")
+    name: str = option("wrn28_2", "network: WRN-28-2 (CIFAR-10), WRN-28-8 (CIFAR-100), small_cnn (CPU runs), small_cnn_gn (the same with GroupNorm, independent of the batch split across processes)", choices=MODELS)
     dropout: float = option(0.0, "dropout rate before the classifier", ge=0, lt=1)
 
 
@@ -50,7 +49,7 @@ class AlgorithmConfig:
     not include is an error.
     """
 
-    name: str = option("fixmatch+debiaspl", "the base algorithm (fixmatch, flexmatch), alone or with a layer over its pseudo-labels and loss: BASE+debiaspl adds DebiasPL's causal logit debiasing and adaptive margin loss")
+    name: str = option("fixmatch+debiaspl", "the base algorithm (fixmatch, flexmatch), alone or with a layer over its pseudo-labels and loss: BASE+debiaspl adds DebiasPL's causal logit debiasing and adaptive margin loss", choices=algorithm_names())
     unlabeled_weight: float = option(1.0, "lambda_u: weight of the unlabeled loss", ge=0)
     marginal_momentum: float = option(0.999, "DebiasPL's m: momentum of q_hat, the estimate of the pseudo-labels' class marginal (tracked and logged for every algorithm; DebiasPL debiases with it)", ge=0, lt=1)
     base: Any = field(default_factory=FixMatchOptions)  # the options of the base named in `name`

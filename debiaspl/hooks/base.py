@@ -105,3 +105,76 @@ class Hook:
 
     def on_load_checkpoint(self, state: dict) -> None:
         """Restore what on_save_checkpoint returned (before on_train_start)."""
+
+
+class IntervalHook(Hook):
+    """A hook that sums statistics on the device every step, logs them every `options.interval` steps
+    (and at the last step), and draws figures of the last logged interval every
+    `options.figure_interval` steps and at the end: the lifecycle of the drift and uncertainty hooks.
+
+    Subclasses say what to sum (`empty_sums`, `accumulate`), what to log from an interval's sums
+    (`log_interval`, returning what the figures need, or None when the interval had nothing) and how
+    to draw it (`draw_figures`). Sums, the last interval and the last figure step go into checkpoints.
+    """
+
+    def __init__(self, options: Any):
+        super().__init__(options)
+        self.sums: dict = {}
+        self._last_interval: tuple[int, Any] | None = None  # (step, what log_interval returned)
+        self._figures_step = -1
+
+    def empty_sums(self) -> dict:
+        """Zeroed sums on self.context.device (nested dicts of tensors are fine)."""
+        raise NotImplementedError
+
+    def accumulate(self, sums: dict, record: StepRecord) -> None:
+        """Add one step to `sums`, in place, on the device (no host sync)."""
+        raise NotImplementedError
+
+    def log_interval(self, step: int, sums: dict, record: StepRecord) -> Any:
+        """Log an interval's sums (already on the host); return what draw_figures needs, or None."""
+        raise NotImplementedError
+
+    def draw_figures(self, step: int, logged: Any) -> None:
+        """Figures of the interval that ended at `step`."""
+
+    def on_train_start(self, context: RunContext) -> None:
+        self.context = context
+        # a resumed run has its sums from the checkpoint
+        self.sums = _map_tensors(lambda t: t.to(context.device), self.sums) if self.sums else self.empty_sums()
+
+    def on_step_end(self, record: StepRecord) -> None:
+        self.accumulate(self.sums, record)
+        if record.step % self.options.interval == 0 or record.step == self.context.total_steps:
+            # the host sync of the interval happens here
+            sums, self.sums = _map_tensors(torch.Tensor.cpu, self.sums), self.empty_sums()
+            logged = self.log_interval(record.step, sums, record)
+            if logged is not None:
+                self._last_interval = (record.step, logged)
+        if record.step % self.options.figure_interval == 0:
+            self._draw_figures()
+
+    def on_train_end(self, step: int) -> None:
+        if step == self.context.total_steps:  # a pause adds no figure an uninterrupted run would not have
+            self._draw_figures()
+
+    def _draw_figures(self) -> None:
+        """Of the last logged interval, once per interval."""
+        if self._last_interval is None or self._last_interval[0] == self._figures_step:
+            return
+        self._figures_step = self._last_interval[0]
+        self.draw_figures(*self._last_interval)
+
+    def on_save_checkpoint(self) -> dict:
+        return {"sums": _map_tensors(torch.Tensor.cpu, self.sums), "last_interval": self._last_interval,
+                "figures_step": self._figures_step}
+
+    def on_load_checkpoint(self, state: dict) -> None:
+        self.sums = _map_tensors(lambda t: t, state["sums"])
+        self._last_interval, self._figures_step = state["last_interval"], state["figures_step"]
+
+
+def _map_tensors(function, tree: dict) -> dict:
+    """The same nesting of dicts with `function` applied to every tensor."""
+    return {key: _map_tensors(function, value) if isinstance(value, dict) else function(value)
+            for key, value in tree.items()}

@@ -16,7 +16,7 @@ from debiaspl.metrics.distribution import (confusion_update, count_ratio, imbala
                                             per_class_precision_recall)
 from debiaspl.metrics.plots import class_distribution_figure, confusion_matrix_figure
 from debiaspl.options import option
-from debiaspl.hooks.base import Hook, RunContext, StepRecord
+from debiaspl.hooks.base import IntervalHook, RunContext, StepRecord
 
 
 @dataclass(frozen=True)
@@ -25,23 +25,12 @@ class DriftOptions:
     figure_interval: int = option(2500, "draw the q_hat-vs-truth and confusion-matrix figures every this many steps (and at the end)", ge=1)
 
 
-class DriftHook(Hook):
+class DriftHook(IntervalHook):
     name = "drift"
     Options = DriftOptions
 
-    def __init__(self, options: DriftOptions):
-        super().__init__(options)
-        self.sums: dict[str, torch.Tensor] = {}
-        self._last_interval: tuple[int, torch.Tensor, torch.Tensor] | None = None  # step, q_hat, confusion
-        self._figures_step = -1
-
     def on_train_start(self, context: RunContext) -> None:
-        self.context = context
-        num_classes, device = context.num_classes, context.device
-        if not self.sums:  # fresh run (a resumed one has them from the checkpoint)
-            self.sums = self._empty_sums(num_classes, device)
-        else:
-            self.sums = {key: value.to(device) for key, value in self.sums.items()}
+        super().on_train_start(context)
         truth = torch.tensor(context.unlabeled_counts, dtype=torch.float64)
         self.true_distribution = truth / truth.sum()
         per_class = {"q_hat per class": r"pseudo/class_marginal/.*",
@@ -52,37 +41,25 @@ class DriftHook(Hook):
                      "mask rate per pseudo-label class": r"drift/mask_rate/.*"}
         context.log.custom_scalars({"drift": {title: ["Multiline", [pattern]] for title, pattern in per_class.items()}})
 
-    @staticmethod
-    def _empty_sums(num_classes: int, device: torch.device) -> dict[str, torch.Tensor]:
+    def empty_sums(self) -> dict[str, torch.Tensor]:
+        num_classes, device = self.context.num_classes, self.context.device
         zeros = lambda *shape: torch.zeros(*shape, dtype=torch.long, device=device)  # noqa: E731
         return {"confusion": zeros(num_classes, num_classes), "masked": zeros(num_classes),
                 "raw": zeros(num_classes), "changed": zeros(())}
 
-    def on_step_end(self, record: StepRecord) -> None:
-        sums = self.sums
+    def accumulate(self, sums: dict[str, torch.Tensor], record: StepRecord) -> None:
         confusion_update(sums["confusion"], record.y_ulb, record.pseudo_labels)
         sums["masked"].index_add_(0, record.pseudo_labels, record.mask.long())
         raw_labels = record.probs_weak.argmax(dim=1)
         sums["raw"].index_add_(0, raw_labels, torch.ones_like(raw_labels))
         sums["changed"] += (raw_labels != record.pseudo_labels).sum()
-        if record.step % self.options.interval == 0 or record.step == self.context.total_steps:
-            self._flush(record)
-        if record.step % self.options.figure_interval == 0:
-            self._draw_figures()  # of the last flushed interval
 
-    def on_train_end(self, step: int) -> None:
-        if step == self.context.total_steps:  # a pause adds no figure an uninterrupted run would not have
-            self._draw_figures()
-
-    def _flush(self, record: StepRecord) -> None:
-        """Log the interval's statistics; the host sync of the interval happens here."""
-        sums = {key: value.cpu() for key, value in self.sums.items()}
-        self.sums = self._empty_sums(self.context.num_classes, self.context.device)
+    def log_interval(self, step: int, sums: dict[str, torch.Tensor], record: StepRecord):
         confusion = sums["confusion"]
         counts = confusion.sum(dim=0)
         total = int(counts.sum())
         if total == 0:
-            return
+            return None
         marginal = record.class_marginal.double().cpu()
         uniform = torch.full_like(self.true_distribution, 1.0 / len(self.true_distribution))
         share = counts.double() / total
@@ -101,20 +78,17 @@ class DriftHook(Hook):
         for group, values in per_class.items():
             for name, value in zip(self.context.class_names, values.tolist()):
                 scalars[f"drift/{group}/{name}"] = value
-        log, step = self.context.log, record.step
+        log = self.context.log
         log.scalars(step, scalars)
         edges = [k - 0.5 for k in range(self.context.num_classes + 1)]
         log.histogram("drift/pseudo_labels", counts.tolist(), edges, step)
         log.histogram("drift/pseudo_labels_masked", sums["masked"].tolist(), edges, step)
         log.histogram("drift/pseudo_labels_before_debiasing", sums["raw"].tolist(), edges, step)
-        self._last_interval = (step, marginal, confusion)
+        return marginal, confusion
 
-    def _draw_figures(self) -> None:
-        """Figures of the last logged interval (once per interval), as TensorBoard images and PNGs."""
-        if self._last_interval is None or self._last_interval[0] == self._figures_step:
-            return
-        step, marginal, confusion = self._last_interval
-        self._figures_step = step
+    def draw_figures(self, step: int, logged) -> None:
+        """q_hat against the truth and the confusion matrix, as TensorBoard images and PNGs."""
+        marginal, confusion = logged
         context = self.context
         folder = context.run_dir / "drift"
         figure = class_distribution_figure(context.class_names, marginal, self.true_distribution,
@@ -124,10 +98,8 @@ class DriftHook(Hook):
                                          f"pseudo-labels vs hidden labels (rows: truth), interval ending at step {step}")
         context.log.figure("drift/confusion", figure, step, folder / "confusion.png")
 
-    def on_save_checkpoint(self) -> dict:
-        return {"sums": {key: value.cpu() for key, value in self.sums.items()}, "last_interval": self._last_interval,
-                "figures_step": self._figures_step}
-
     def on_load_checkpoint(self, state: dict) -> None:
-        self.sums = dict(state["sums"])
-        self._last_interval, self._figures_step = state["last_interval"], state["figures_step"]
+        super().on_load_checkpoint(state)
+        if self._last_interval is not None and len(self._last_interval) == 3:  # format 1: (step, q_hat, confusion)
+            step, marginal, confusion = self._last_interval
+            self._last_interval = (step, (marginal, confusion))

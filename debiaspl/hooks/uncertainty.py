@@ -17,7 +17,7 @@ from debiaspl.metrics.plots import reliability_diagram_figure
 from debiaspl.metrics.uncertainty import (auroc_from_histograms, calibration_update, expected_calibration_error,
                                            histogram_update, normalized_entropy)
 from debiaspl.options import option
-from debiaspl.hooks.base import Hook, RunContext, StepRecord
+from debiaspl.hooks.base import IntervalHook, RunContext, StepRecord
 
 # The AUROC bins log10(entropy) over [-12, 0]: late in training most entropies are tiny, and linear
 # bins would lump them into one bin of ties. It differs from the exact AUROC only by ties within a bin.
@@ -32,49 +32,37 @@ class UncertaintyOptions:
     figure_interval: int = option(2500, "draw the reliability diagrams every this many steps (and at the end)", ge=1)
 
 
-class UncertaintyHook(Hook):
+class UncertaintyHook(IntervalHook):
     name = "uncertainty"
     Options = UncertaintyOptions
 
-    def __init__(self, options: UncertaintyOptions):
-        super().__init__(options)
-        self.sums: dict[str, dict[str, torch.Tensor]] = {}
-        self._last_interval: tuple[int, dict] | None = None
-        self._figures_step = -1
-
     def on_train_start(self, context: RunContext) -> None:
-        self.context = context
         # Without debiasing the two distributions are the same: watch one.
         self.views = ("before_debiasing", "after_debiasing") if context.debiased else ("pseudo_labels",)
-        if self.sums:
-            self.sums = {view: {k: v.to(context.device) for k, v in sums.items()} for view, sums in self.sums.items()}
-        else:
-            self.sums = {view: self._empty_sums() for view in self.views}
+        super().on_train_start(context)
         context.log.custom_scalars({"uncertainty": {
             f"mean entropy per pseudo-label class ({view})": ["Multiline", [rf"uncertainty/{view}/entropy_by_class/.*"]]
             for view in self.views}})
 
-    def _empty_sums(self) -> dict[str, torch.Tensor]:
+    def empty_sums(self) -> dict[str, dict[str, torch.Tensor]]:
         device, bins, classes = self.context.device, self.options.histogram_bins, self.context.num_classes
         zeros = lambda size, dtype=torch.long: torch.zeros(size, dtype=dtype, device=device)  # noqa: E731
         calibration = self.options.calibration_bins
-        return {"all": zeros(bins), "masked": zeros(bins), "unmasked": zeros(bins),
-                "right": zeros(_AUROC_BINS), "wrong": zeros(_AUROC_BINS),
-                "class_sum": zeros(classes, torch.float64), "class_count": zeros(classes),
-                "masked_sum": zeros(2, torch.float64), "masked_count": zeros(2),
-                "cal_count": zeros(calibration), "cal_confidence": zeros(calibration, torch.float64),
-                "cal_correct": zeros(calibration, torch.float64)}
+        return {view: {"all": zeros(bins), "masked": zeros(bins), "unmasked": zeros(bins),
+                       "right": zeros(_AUROC_BINS), "wrong": zeros(_AUROC_BINS),
+                       "class_sum": zeros(classes, torch.float64), "class_count": zeros(classes),
+                       "masked_sum": zeros(2, torch.float64), "masked_count": zeros(2),
+                       "cal_count": zeros(calibration), "cal_confidence": zeros(calibration, torch.float64),
+                       "cal_correct": zeros(calibration, torch.float64)}
+                for view in self.views}
 
-    def on_step_end(self, record: StepRecord) -> None:
+    def accumulate(self, sums: dict[str, dict[str, torch.Tensor]], record: StepRecord) -> None:
         for view in self.views:
             probs = record.probs_weak if view == "before_debiasing" else record.probs_pseudo
-            self._accumulate(self.sums[view], probs, record)
-        if record.step % self.options.interval == 0 or record.step == self.context.total_steps:
-            self._flush(record.step)
-        if record.step % self.options.figure_interval == 0:
-            self._draw_figures()  # of the last flushed interval
+            self._accumulate_view(sums[view], probs, record)
 
-    def _accumulate(self, sums: dict[str, torch.Tensor], probs: torch.Tensor, record: StepRecord) -> None:
+    @staticmethod
+    def _accumulate_view(sums: dict[str, torch.Tensor], probs: torch.Tensor, record: StepRecord) -> None:
         entropy = normalized_entropy(probs)
         confidence, labels = probs.max(dim=1)
         correct = labels == record.y_ulb
@@ -91,12 +79,9 @@ class UncertaintyHook(Hook):
         sums["masked_count"].index_add_(0, masked.long(), torch.ones_like(labels))
         calibration_update(sums["cal_count"], sums["cal_confidence"], sums["cal_correct"], confidence, correct.double())
 
-    def _flush(self, step: int) -> None:
-        """Log the interval's statistics; the host sync of the interval happens here."""
-        sums = {view: {key: value.cpu() for key, value in view_sums.items()} for view, view_sums in self.sums.items()}
-        self.sums = {view: self._empty_sums() for view in self.views}
+    def log_interval(self, step: int, sums: dict[str, dict[str, torch.Tensor]], record: StepRecord):
         if int(sums[self.views[0]]["all"].sum()) == 0:
-            return
+            return None
         log, scalars = self.context.log, {}
         edges = torch.linspace(0, 1, self.options.histogram_bins + 1).tolist()
         for view, s in sums.items():
@@ -114,27 +99,12 @@ class UncertaintyHook(Hook):
             for part in ("all", "masked", "unmasked"):
                 log.histogram(f"{prefix}/entropy_{part}", s[part].tolist(), edges, step)
         log.scalars(step, scalars)
-        self._last_interval = (step, sums)
+        return sums
 
-    def on_train_end(self, step: int) -> None:
-        if step == self.context.total_steps:  # a pause adds no figure an uninterrupted run would not have
-            self._draw_figures()
-
-    def _draw_figures(self) -> None:
-        if self._last_interval is None or self._last_interval[0] == self._figures_step:
-            return
-        step, sums = self._last_interval
-        self._figures_step = step
+    def draw_figures(self, step: int, sums) -> None:
+        """A reliability diagram per view, as TensorBoard images and PNGs."""
         for view, s in sums.items():
             figure = reliability_diagram_figure(s["cal_count"], s["cal_confidence"], s["cal_correct"],
                                                 f"pseudo-label calibration ({view.replace('_', ' ')}), step {step}")
             self.context.log.figure(f"uncertainty/{view}/reliability", figure, step,
                                     self.context.run_dir / "uncertainty" / f"reliability_{view}.png")
-
-    def on_save_checkpoint(self) -> dict:
-        return {"sums": {view: {key: value.cpu() for key, value in sums.items()} for view, sums in self.sums.items()},
-                "last_interval": self._last_interval, "figures_step": self._figures_step}
-
-    def on_load_checkpoint(self, state: dict) -> None:
-        self.sums = {view: dict(sums) for view, sums in state["sums"].items()}
-        self._last_interval, self._figures_step = state["last_interval"], state["figures_step"]
