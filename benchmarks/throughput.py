@@ -36,7 +36,7 @@ SECTIONS = ("data", "forward", "backward", "optimizer", "hooks", "logging")
 
 def model_only_seconds(trainer: Trainer, steps: int) -> float:
     """Seconds per train_step on one fixed batch already on the device (no loading, no augmentation)."""
-    batch = trainer.prepare_batch(next(iter(trainer.loader(start_step=trainer.step, end_step=trainer.step + 1))))
+    batch = trainer.prepare_batch(*next(iter(trainer.loader(start_step=trainer.step, end_step=trainer.step + 1))))
     for _ in range(3):
         trainer.train_step(batch)
     trainer.timer.synchronize()

@@ -1,8 +1,10 @@
 """Shared fixtures: tiny configs on the bundled digits (no download, seconds on a CPU)."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 
 from debiaspl.config import ExperimentConfig, from_dict
 
@@ -38,3 +40,13 @@ def _merged(into: dict, update: dict) -> dict:
 @pytest.fixture
 def tiny(tmp_path):
     return lambda **sections: tiny_config(tmp_path / "runs", **sections)
+
+
+def assert_same_step_output(a, b) -> None:
+    """Two StepOutputs equal bit for bit, field by field, the algorithm state included."""
+    for field in dataclasses.fields(a):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if field.name == "state":
+            assert x.keys() == y.keys() and all(torch.equal(x[key], y[key]) for key in x), "state"
+        else:
+            assert torch.equal(x, y), field.name

@@ -69,7 +69,8 @@ def test_two_processes_match_one(tmp_path, augment_on, algorithm):
     assert a["algorithm"].keys() == b["algorithm"].keys()
     if "selected_label" in a["algorithm"]:
         assert torch.equal(a["algorithm"]["selected_label"], b["algorithm"]["selected_label"])
-        assert (a["algorithm"]["selected_label"] >= 0).sum() > len(a["algorithm"]["selected_label"]) // 2
+        # every sample of the 4 global batches of 16 (no repeats within the first epoch of 199), not half
+        assert (b["algorithm"]["selected_label"] >= 0).sum() == 4 * 16
     rows = {name: [json.loads(line) for line in (run_folder(config) / "metrics.jsonl").open()]
             for name, config in configs.items()}
     hook_rows = {name: [row for row in value if "drift/kl_to_true" in row] for name, value in rows.items()}

@@ -1,12 +1,12 @@
 """FlexMatch's class-wise thresholds against a hand-written reference of the authors' rule, and
 FlexMatch (+ DebiasPL) as an algorithm of the registry: composition, tau = 0, resume."""
 
-import dataclasses
 from collections import Counter
 
 import pytest
 import torch
 
+from conftest import assert_same_step_output
 from debiaspl.algorithm import StepInputs, compose_algorithm
 from debiaspl.algorithm.debiaspl import DebiasPLOptions
 from debiaspl.algorithm.flexmatch import FlexMatchOptions, class_thresholds, learning_effects, record_selected_labels
@@ -103,12 +103,7 @@ def test_flexmatch_with_debiaspl_at_tau_zero_equals_flexmatch_bit_for_bit():
     state["class_marginal"] = torch.tensor([0.5, 0.2, 0.1, 0.1, 0.1])
     a = plain.step(StepInputs(z_lb, y, z_w, z_s, idx), state)
     b = layered.step(StepInputs(z_lb, y, z_w, z_s, idx), state)
-    for field in dataclasses.fields(a):
-        x, y_ = getattr(a, field.name), getattr(b, field.name)
-        if field.name == "state":
-            assert x.keys() == y_.keys() and all(torch.equal(x[key], y_[key]) for key in x)
-        else:
-            assert torch.equal(x, y_), field.name
+    assert_same_step_output(a, b)
     for grad_a, grad_b in zip(torch.autograd.grad(a.loss, [z_lb, z_s]), torch.autograd.grad(b.loss, [z_lb, z_s])):
         assert torch.equal(grad_a, grad_b)
     c = compose_algorithm("flexmatch+debiaspl", options, DebiasPLOptions(tau=1.0)).step(StepInputs(z_lb, y, z_w, z_s, idx),
@@ -160,3 +155,16 @@ def test_flexmatch_runs_resume_exactly_and_tau_zero_equals_flexmatch(tiny):
     assert all(torch.equal(value, d["model"][name]) for name, value in c["model"].items())
     assert all(torch.equal(c["algorithm"][key], d["algorithm"][key]) for key in c["algorithm"])
     assert not torch.equal(c["model"]["classifier.weight"], a["model"]["classifier.weight"])  # tau 0.4 differs
+
+
+def test_flexmatch_thresholds_are_plotted_per_class(tiny):
+    import json
+    config = tiny(algorithm={"name": "flexmatch"}, train={"steps": 4}, logging={"run_name": "plotted"})
+    train_run(config)
+    rows = [json.loads(line) for line in (run_folder(config) / "metrics.jsonl").read_text().splitlines()]
+    logged = [row for row in rows if "pseudo/flexmatch_threshold/0" in row]
+    assert len(logged) == 2 and "pseudo/class_marginal/9" in logged[-1]
+    assert all(0 <= row[f"pseudo/flexmatch_threshold/{c}"] <= 0.5 for row in logged for c in range(10))
+    selected = load_checkpoint(run_folder(config) / "checkpoint.pt")["algorithm"]["selected_label"]
+    expected = class_thresholds(selected, 10, 0.5, warmup=True)
+    assert [logged[-1][f"pseudo/flexmatch_threshold/{c}"] for c in range(10)] == pytest.approx(expected.tolist())

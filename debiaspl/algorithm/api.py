@@ -84,6 +84,8 @@ class BaseAlgorithm:
         under a layer), `reduction` gives the global batch for per-sample state under DDP.
     predict(options, probs [N, C], state) -> PseudoLabels: the same rule outside training
         (evaluation, select, influence), without changing the state.
+    per_class(options, state, num_classes) -> {name: [C] tensor}: what to plot per class
+        (TensorBoard `pseudo/<name>/<class>`, read at logging intervals only), e.g. FlexMatch's thresholds.
     The unlabeled loss is the masked cross-entropy of the strong view (FixMatch's, Eq. 4) for every base.
     """
 
@@ -93,6 +95,7 @@ class BaseAlgorithm:
     select: Callable[[Any, torch.Tensor, torch.Tensor, AlgorithmState, BatchReduction],
                      tuple[PseudoLabels, AlgorithmState]]
     predict: Callable[[Any, torch.Tensor, AlgorithmState], PseudoLabels]
+    per_class: Callable[[Any, AlgorithmState, int], dict[str, torch.Tensor]] = lambda *_: {}  # nothing beyond q_hat
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from debiaspl.algorithm.pseudo_labels import PseudoLabels
 ALGORITHMS: dict[str, BaseAlgorithm] = {base.name: base for base in (FIXMATCH, FLEXMATCH)}
 LAYERS: dict[str, Layer] = {layer.name: layer for layer in (DEBIASPL,)}
 LAYER_SEPARATOR = "+"
+DEFAULT_ALGORITHM = f"fixmatch{LAYER_SEPARATOR}debiaspl"  # the paper's: FixMatch + DebiasPL
 
 
 def algorithm_names() -> list[str]:
@@ -100,6 +101,11 @@ class Algorithm:
         if self.layer:
             logits = self.layer.adjust_weak(self.layer_options, logits, state["class_marginal"].to(logits.device))
         return self.base.predict(self.base_options, torch.softmax(logits, dim=-1), state)
+
+    def per_class(self, state: AlgorithmState) -> dict[str, torch.Tensor]:
+        """What to plot per class: q_hat ("class_marginal") and the base's own (FlexMatch's thresholds)."""
+        num_classes = len(state["class_marginal"])
+        return {"class_marginal": state["class_marginal"], **self.base.per_class(self.base_options, state, num_classes)}
 
     def loss_logits(self, logits_strong: torch.Tensor, state: AlgorithmState) -> torch.Tensor:
         """Strong-view logits [N, C] as the unlabeled cross-entropy sees them (with the layer's margin)."""

@@ -4,9 +4,9 @@ Each unlabeled sample remembers the last class it was confidently (max prob >= t
 A class's learning effect sigma(c) is the number of samples remembered as c; normalised by the
 largest count, or with threshold warm-up by the largest of that and the number of samples never
 confidently predicted, it gives beta(c) in [0, 1], and the class's threshold is tau * M(beta(c))
-with the convex mapping M(x) = x / (2 - x). As in the authors' code
-(TorchSSL, USB): the mask uses the thresholds from before this step's update, every threshold is 0
-(all samples pass) until the first confident prediction, and duplicates in a batch keep the last.
+with the convex mapping M(x) = x / (2 - x). As in the authors' code (TorchSSL, USB): the mask uses
+the thresholds from before this step's update, every threshold is 0 (all samples pass) until the
+first confident prediction, and a sample twice in a batch keeps its last confident label.
 """
 
 from __future__ import annotations
@@ -86,4 +86,10 @@ def _select(options: FlexMatchOptions, probs: torch.Tensor, idx_ulb: torch.Tenso
     return pseudo, {"selected_label": selected}
 
 
-FLEXMATCH = BaseAlgorithm("flexmatch", FlexMatchOptions, _initial_state, _select, _predict)
+def _per_class(options: FlexMatchOptions, state: AlgorithmState, num_classes: int) -> dict[str, torch.Tensor]:
+    selected = state["selected_label"]
+    return {"flexmatch_learning_effect": learning_effects(selected, num_classes, options.warmup),
+            "flexmatch_threshold": class_thresholds(selected, num_classes, options.threshold, options.warmup)}
+
+
+FLEXMATCH = BaseAlgorithm("flexmatch", FlexMatchOptions, _initial_state, _select, _predict, _per_class)

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from debiaspl.algorithm import ALGORITHMS, LAYER_SEPARATOR, LAYERS, parse_algorithm_name
+from debiaspl.algorithm import ALGORITHMS, LAYER_SEPARATOR, LAYERS, parse_algorithm_name, upgrade_legacy_config
 from debiaspl.config.schema import AlgorithmConfig, ExperimentConfig, HookConfig
 from debiaspl.errors import UserError
 from debiaspl.hooks import HOOKS
@@ -55,24 +55,6 @@ def load_experiment(path: str | Path, overrides: typing.Sequence[str] = ()) -> E
 def load_saved_config(path: Path) -> ExperimentConfig:
     """A run folder's config.yaml, also one saved in an older layout (upgrade_legacy_config)."""
     return from_dict(upgrade_legacy_config(_read_with_bases(path, chain=())), source=str(path))
-
-
-def upgrade_legacy_config(raw: dict) -> dict:
-    """A config saved before algorithms had their own sections (checkpoint format 1), in today's layout.
-
-    Then `algorithm` was flat: name fixmatch | debiaspl (= FixMatch + DebiasPL), threshold, tau, ...
-    """
-    algorithm = raw.get("algorithm") if isinstance(raw, dict) else None
-    if not isinstance(algorithm, dict) or not ({"tau", "threshold"} & algorithm.keys() or algorithm.get("name") == "debiaspl"):
-        return raw
-    layered = algorithm.get("name", "debiaspl") == "debiaspl"  # the old default
-    upgraded: dict[str, Any] = {"name": f"fixmatch{LAYER_SEPARATOR}debiaspl" if layered else "fixmatch"}
-    upgraded.update({key: algorithm[key] for key in ("unlabeled_weight", "marginal_momentum") if key in algorithm})
-    if "threshold" in algorithm:
-        upgraded["fixmatch"] = {"threshold": algorithm["threshold"]}
-    if layered and "tau" in algorithm:  # FixMatch runs stored a tau they never used
-        upgraded["debiaspl"] = {"tau": algorithm["tau"]}
-    return {**raw, "algorithm": upgraded}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -247,8 +229,11 @@ def _build_algorithm(cls: type, raw: dict, prefix: str, source: str) -> Algorith
         if key in {**ALGORITHMS, **LAYERS} and value is None:  # how a file drops a section its base file set
             continue
         if key in ALGORITHMS or key in LAYERS:
+            suggestion = (f"{base.name}{LAYER_SEPARATOR}{key}" if key in LAYERS
+                          else key + (f"{LAYER_SEPARATOR}{layer.name}" if layer else ""))
             raise AbsentPartOptions(f"{source}: {prefix}{key} holds the options of {key}, which {prefix}name = {name} "
-                                    f"does not include", section=f"{prefix}{key}")
+                                    f"does not include (for {key}: {prefix}name = {suggestion})",
+                                    section=f"{prefix}{key}")
         leaves = {**{k: k for k in (*_SHARED_ALGORITHM_KEYS, *parts)},
                   **{f.name: f"{part}.{f.name}" for part, options in parts.items() for f in dataclasses.fields(options)}}
         close = difflib.get_close_matches(str(key), list(leaves), n=1)

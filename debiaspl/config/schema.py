@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from debiaspl.algorithm import LAYER_SEPARATOR, Algorithm, algorithm_names, compose_algorithm
-from debiaspl.algorithm.debiaspl import DebiasPLOptions
-from debiaspl.algorithm.fixmatch import FixMatchOptions
+from debiaspl.algorithm import DEFAULT_ALGORITHM, LAYER_SEPARATOR, Algorithm, algorithm_names, compose_algorithm
 from debiaspl.data.datasets import DATASETS
 from debiaspl.models import MODELS
 from debiaspl.options import option
@@ -49,11 +47,13 @@ class AlgorithmConfig:
     not include is an error.
     """
 
-    name: str = option("fixmatch+debiaspl", "the base algorithm (fixmatch, flexmatch), alone or with a layer over its pseudo-labels and loss: BASE+debiaspl adds DebiasPL's causal logit debiasing and adaptive margin loss", choices=algorithm_names())
+    name: str = option(DEFAULT_ALGORITHM, "the base algorithm (fixmatch, flexmatch), alone or with a layer over its pseudo-labels and loss: BASE+debiaspl adds DebiasPL's causal logit debiasing and adaptive margin loss", choices=algorithm_names())
     unlabeled_weight: float = option(1.0, "lambda_u: weight of the unlabeled loss", ge=0)
     marginal_momentum: float = option(0.999, "DebiasPL's m: momentum of q_hat, the estimate of the pseudo-labels' class marginal (tracked and logged for every algorithm; DebiasPL debiases with it)", ge=0, lt=1)
-    base: Any = field(default_factory=FixMatchOptions)  # the options of the base named in `name`
-    layer: Any = field(default_factory=DebiasPLOptions)  # the options of its layer, None without one
+    # the options of the base named in `name`, and of its layer (None without one); the defaults: the
+    # default options of the default algorithm's parts
+    base: Any = field(default_factory=lambda: compose_algorithm(DEFAULT_ALGORITHM).base_options)
+    layer: Any = field(default_factory=lambda: compose_algorithm(DEFAULT_ALGORITHM).layer_options)
 
     @property
     def base_name(self) -> str:

@@ -146,7 +146,7 @@ class Trainer:
                     scalars = monitor.flush(self.dist)
                     scalars["train/lr"] = trained.lr
                     scalars["train/steps_per_second"] = steps_per_second
-                    scalars.update(self._marginal_scalars())
+                    scalars.update(self._per_class_scalars())
                     log.scalars(self.step, scalars)
                     progress.set_postfix(loss=f"{scalars['train/loss']:.3f}", mask=f"{scalars['pseudo/mask_rate']:.2f}")
                     interval_start, steps_timed = time.perf_counter(), 0
@@ -273,9 +273,10 @@ class Trainer:
             record = dataclasses.replace(record, **per_sample, **losses)
         return record
 
-    def _marginal_scalars(self) -> dict[str, float]:
-        values = self.algorithm_state["class_marginal"].tolist()
-        return {f"pseudo/class_marginal/{name}": value for name, value in zip(self.data.class_names, values)}
+    def _per_class_scalars(self) -> dict[str, float]:
+        """pseudo/class_marginal/<class> (q_hat) and the algorithm's other per-class values; host syncs here."""
+        return {f"pseudo/{group}/{name}": value for group, values in self.algorithm.per_class(self.algorithm_state).items()
+                for name, value in zip(self.data.class_names, values.tolist())}
 
     # -- resume ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
