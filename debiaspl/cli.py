@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from debiaspl.config import load_experiment
+    from debiaspl.config import load_experiment, load_saved_config
     from debiaspl.run_folder import CONFIG_NAME, require_run_folder
 
     if args.resume is not None:
@@ -132,7 +132,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         saved = args.resume / CONFIG_NAME
         # The saved config names its own run folder; point it at the one given here.
         overrides = [f"logging.run_dir={args.resume.parent}", f"logging.run_name={args.resume.name}", *args.overrides]
-        configs = [load_experiment(saved, overrides)]
+        configs = [load_saved_config(saved, overrides)]
     elif args.experiments:
         configs = [load_experiment(path, args.overrides) for path in args.experiments]
     else:

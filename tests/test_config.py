@@ -36,6 +36,7 @@ def test_defaults_are_the_paper_recipe():
     ("algorithm:\n  flexmatch:\n    warmup: false\n", "algorithm.flexmatch holds the options of flexmatch, which "
      "algorithm.name = fixmatch+debiaspl does not include"),
     ("algorithm:\n  name: flexmatch\n  flexmatch:\n    warmup: 2\n", "algorithm.flexmatch.warmup = 2: must be true or false"),
+    ("algorithm:\n  fixmatch: false\n", "algorithm.fixmatch must be a section (a mapping) of fixmatch's options"),
     ("algorithm:\n  name: debiaspl\n", "algorithm.name = 'debiaspl': debiaspl is a layer over a base algorithm: write "
      "fixmatch+debiaspl or flexmatch+debiaspl"),
     ("trian:\n  steps: 3\n", "unknown key trian; did you mean train?"),

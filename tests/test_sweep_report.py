@@ -75,6 +75,18 @@ def test_sweep_configs_are_seed_major_with_folders_per_point(experiment, tmp_pat
         sweep_configs(experiment, [], [parse_grid_axis("train.seed=1,2")], None)
 
 
+def test_q_hat_momentum_splits_runs_only_where_the_algorithm_trains_on_q_hat(experiment):
+    axes = [parse_grid_axis("algorithm.name=fixmatch,fixmatch+debiaspl"),
+            parse_grid_axis("algorithm.marginal_momentum=0.9,0.99")]
+    configs, notes = sweep_configs(experiment, [], axes, None)
+    # plain FixMatch only watches q_hat: its two momenta train the same weights
+    assert [c.logging.run_name for c in configs] == [
+        "fixmatch-marginal_momentum=0.9-seed0", "fixmatch+debiaspl-marginal_momentum=0.9-seed0",
+        "fixmatch+debiaspl-marginal_momentum=0.99-seed0"]
+    assert notes == ["fixmatch-marginal_momentum=0.99-seed0 would train the same run as "
+                     "fixmatch-marginal_momentum=0.9-seed0; left out"]
+
+
 def test_sweep_trains_skips_finished_and_resumes_stopped_runs_then_reports(experiment, tmp_path):
     args = ["sweep", experiment, "--seeds", "0,1", "--set-grid", "algorithm.name=fixmatch,fixmatch+debiaspl"]
     paused = debiaspl(*args, "--until-step", 2)

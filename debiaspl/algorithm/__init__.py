@@ -14,7 +14,7 @@ from debiaspl.algorithm.api import (WHOLE_BATCH, AlgorithmState, BaseAlgorithm, 
                                     StepOutput)
 from debiaspl.algorithm.compose import (ALGORITHMS, DEFAULT_ALGORITHM, LAYER_SEPARATOR, LAYERS, Algorithm,
                                         algorithm_names, compose_algorithm, debiaspl_step, fixmatch_step,
-                                        parse_algorithm_name)
+                                        parse_algorithm_name, reads_class_marginal)
 from debiaspl.algorithm.debias import (add_adaptive_margin, debias_logits, uniform_class_marginal,
                                        update_class_marginal)
 from debiaspl.algorithm.legacy import upgrade_legacy_config
@@ -26,7 +26,7 @@ __all__ = [
     "ALGORITHMS", "DEFAULT_ALGORITHM", "LAYERS", "LAYER_SEPARATOR", "WHOLE_BATCH", "Algorithm", "AlgorithmState", "BaseAlgorithm",
     "BatchReduction", "DebiasedPredictions", "Layer", "PseudoLabels", "StepInputs", "StepOutput",
     "add_adaptive_margin", "algorithm_names", "compose_algorithm", "debias_logit_stream", "debias_logits",
-    "debiaspl_step", "fixmatch_step", "make_pseudo_labels", "masked_unlabeled_loss", "parse_algorithm_name",
+    "debiaspl_step", "fixmatch_step", "make_pseudo_labels", "masked_unlabeled_loss", "parse_algorithm_name", "reads_class_marginal",
     "supervised_loss", "threshold_pseudo_labels", "uniform_class_marginal", "update_class_marginal",
     "upgrade_legacy_config",
 ]

@@ -96,6 +96,7 @@ class BaseAlgorithm:
                      tuple[PseudoLabels, AlgorithmState]]
     predict: Callable[[Any, torch.Tensor, AlgorithmState], PseudoLabels]
     per_class: Callable[[Any, AlgorithmState, int], dict[str, torch.Tensor]] = lambda *_: {}  # nothing beyond q_hat
+    reads_class_marginal: bool = False  # whether its rule uses q_hat (else q_hat is only watched)
 
 
 @dataclass(frozen=True)
@@ -112,3 +113,4 @@ class Layer:
     adjust_weak: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
     adjust_strong: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
     changes_labels: Callable[[Any], bool]
+    reads_class_marginal: bool = True

@@ -35,6 +35,13 @@ def algorithm_names() -> list[str]:
     return [*ALGORITHMS, *(f"{base}{LAYER_SEPARATOR}{layer}" for base in ALGORITHMS for layer in LAYERS)]
 
 
+def reads_class_marginal(name: str) -> bool:
+    """Whether the algorithm `name` trains on q_hat (so its momentum changes what is learnt), or only
+    tracks it for the dashboards."""
+    base, layer = parse_algorithm_name(name)
+    return base.reads_class_marginal or (layer is not None and layer.reads_class_marginal)
+
+
 def parse_algorithm_name(name: str) -> tuple[BaseAlgorithm, Layer | None]:
     """'flexmatch+debiaspl' -> (FLEXMATCH, DEBIASPL). Raises ValueError saying what is allowed."""
     base_name, _, layer_name = str(name).partition(LAYER_SEPARATOR)

@@ -31,9 +31,11 @@ class FlexMatchOptions:
 def learning_effects(selected_label: torch.Tensor, num_classes: int, warmup: bool) -> torch.Tensor:
     """beta(c) [C] float32 from selected_label [M] int64 (a class per unlabeled sample, -1 = none yet).
 
-    All zeros while no sample has been selected. No host sync.
+    All zeros while no sample has been selected. No host sync (torch.bincount would read the input's
+    range back to the host on CUDA).
     """
-    counts = torch.bincount(selected_label + 1, minlength=num_classes + 1)
+    counts = torch.zeros(num_classes + 1, dtype=torch.int64, device=selected_label.device)
+    counts.scatter_add_(0, selected_label + 1, torch.ones_like(selected_label))
     unused, per_class = counts[0], counts[1:]
     denominator = torch.maximum(per_class.max(), unused) if warmup else per_class.max()
     # float64 division, then float32: the authors' code divides Python ints into a float32 tensor
@@ -41,10 +43,14 @@ def learning_effects(selected_label: torch.Tensor, num_classes: int, warmup: boo
     return torch.where(unused < len(selected_label), effects, torch.zeros_like(effects))
 
 
+def convex_mapping(effects: torch.Tensor) -> torch.Tensor:
+    """M(x) = x / (2 - x): thresholds stay low while a class is little learnt, then rise quickly."""
+    return effects / (2.0 - effects)
+
+
 def class_thresholds(selected_label: torch.Tensor, num_classes: int, threshold: float, warmup: bool) -> torch.Tensor:
-    """tau * M(beta(c)) [C] float32 with the convex mapping M(x) = x / (2 - x)."""
-    effects = learning_effects(selected_label, num_classes, warmup)
-    return threshold * (effects / (2.0 - effects))
+    """tau * M(beta(c)) [C] float32 with the convex mapping."""
+    return threshold * convex_mapping(learning_effects(selected_label, num_classes, warmup))
 
 
 def record_selected_labels(selected_label: torch.Tensor, idx_ulb: torch.Tensor, labels: torch.Tensor,
@@ -87,9 +93,8 @@ def _select(options: FlexMatchOptions, probs: torch.Tensor, idx_ulb: torch.Tenso
 
 
 def _per_class(options: FlexMatchOptions, state: AlgorithmState, num_classes: int) -> dict[str, torch.Tensor]:
-    selected = state["selected_label"]
-    return {"flexmatch_learning_effect": learning_effects(selected, num_classes, options.warmup),
-            "flexmatch_threshold": class_thresholds(selected, num_classes, options.threshold, options.warmup)}
+    effects = learning_effects(state["selected_label"], num_classes, options.warmup)
+    return {"flexmatch_learning_effect": effects, "flexmatch_threshold": options.threshold * convex_mapping(effects)}
 
 
 FLEXMATCH = BaseAlgorithm("flexmatch", FlexMatchOptions, _initial_state, _select, _predict, _per_class)

@@ -3,8 +3,8 @@
 Runs are grouped by their saved config: two runs share a row when their configs differ only in
 train.seed and in keys that do not change what is learned (logging, hooks, device, loader
 processes). What varies between rows names them: `algorithm.*` keys form the algorithm column,
-the rest the setting column. FixMatch ignores DebiasPL's tau and uses q_hat only for monitoring,
-so those keys do not split FixMatch rows.
+the rest the setting column. A FixMatch run has no DebiasPL section and uses q_hat only for
+monitoring, so neither tau nor q_hat's momentum splits FixMatch rows.
 
 Two statistics per run, both reported: the final evaluation of the EMA model (results.json), and
 the median of the last `last` evaluations (metrics.jsonl), as FixMatch and DASO report it.

@@ -1,8 +1,9 @@
 """Run identity: which settings decide what a run learns, read off the schema.
 
 Two runs with equal training settings train the same run (sweep leaves the second out, report puts
-them in one row, resume accepts the change). A setting is left out when its schema field is marked
-`execution`; the options of an algorithm part a run does not use are not in its config at all.
+them in one row). A setting is left out when its schema field is marked `execution`, and q_hat's
+momentum when the algorithm only watches q_hat (its registry entries say so); the options of an
+algorithm part a run does not use are not in its config at all.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import typing
 from typing import Any
 
+from debiaspl.algorithm import reads_class_marginal
 from debiaspl.config.schema import ExperimentConfig
 
 
@@ -32,8 +34,16 @@ EXECUTION_KEYS = frozenset(_execution_keys(ExperimentConfig))
 
 
 def training_settings(flat: dict[str, Any]) -> dict[str, Any]:
-    """The keys of a flattened config that decide what a run learns: all but EXECUTION_KEYS."""
-    return {key: value for key, value in flat.items() if key not in EXECUTION_KEYS}
+    """The keys of a flattened config that decide what a run learns: all but EXECUTION_KEYS, and
+    algorithm.marginal_momentum for an algorithm that only watches q_hat (plain FixMatch, FlexMatch)."""
+    settings = {key: value for key, value in flat.items() if key not in EXECUTION_KEYS}
+    try:
+        watched_only = not reads_class_marginal(flat.get("algorithm.name", ""))
+    except ValueError:  # not a valid name (a hand-edited folder): compare every key
+        watched_only = False
+    if watched_only:
+        settings.pop("algorithm.marginal_momentum", None)
+    return settings
 
 
 def flatten(raw: dict, prefix: str = "") -> dict[str, Any]:

@@ -37,10 +37,16 @@ class AbsentPartOptions(ConfigError):
         self.section = section  # e.g. "algorithm.debiaspl"
 
 
-def load_experiment(path: str | Path, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
-    """Read an experiment file, apply `dotted.key=value` overrides, validate, and fill defaults."""
+def load_experiment(path: str | Path, overrides: typing.Sequence[str] = (), *,
+                    upgrade_legacy: bool = False) -> ExperimentConfig:
+    """Read an experiment file, apply `dotted.key=value` overrides, validate, and fill defaults.
+
+    upgrade_legacy: the file may be in the layout of older versions (a run folder's config.yaml).
+    """
     path = Path(path)
     raw = _read_with_bases(path, chain=())
+    if upgrade_legacy:
+        raw = upgrade_legacy_config(raw)
     for override in overrides:
         key, value = parse_override(override)
         if _leaf_type(key) is str:  # keep `run_name=2024` or `root=yes` as the text typed
@@ -52,9 +58,9 @@ def load_experiment(path: str | Path, overrides: typing.Sequence[str] = ()) -> E
     return config
 
 
-def load_saved_config(path: Path) -> ExperimentConfig:
+def load_saved_config(path: Path, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
     """A run folder's config.yaml, also one saved in an older layout (upgrade_legacy_config)."""
-    return from_dict(upgrade_legacy_config(_read_with_bases(path, chain=())), source=str(path))
+    return load_experiment(path, overrides, upgrade_legacy=True)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -242,7 +248,7 @@ def _build_algorithm(cls: type, raw: dict, prefix: str, source: str) -> Algorith
     shared = _build(cls, {key: raw[key] for key in _SHARED_ALGORITHM_KEYS if key in raw}, prefix, source)
     options = {}
     for part, part_options in parts.items():
-        section = raw.get(part) or {}
+        section = {} if raw.get(part) is None else raw[part]
         if not isinstance(section, dict):
             raise ConfigError(f"{source}: {prefix}{part} must be a section (a mapping) of {part}'s options, got {section!r}")
         options[part] = _build(part_options, section, f"{prefix}{part}.", source)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from debiaspl.algorithm import DEFAULT_ALGORITHM, LAYER_SEPARATOR, Algorithm, algorithm_names, compose_algorithm
+from debiaspl.algorithm import (DEFAULT_ALGORITHM, LAYER_SEPARATOR, Algorithm, algorithm_names, compose_algorithm,
+                                parse_algorithm_name)
 from debiaspl.data.datasets import DATASETS
 from debiaspl.models import MODELS
 from debiaspl.options import option
@@ -50,10 +51,19 @@ class AlgorithmConfig:
     name: str = option(DEFAULT_ALGORITHM, "the base algorithm (fixmatch, flexmatch), alone or with a layer over its pseudo-labels and loss: BASE+debiaspl adds DebiasPL's causal logit debiasing and adaptive margin loss", choices=algorithm_names())
     unlabeled_weight: float = option(1.0, "lambda_u: weight of the unlabeled loss", ge=0)
     marginal_momentum: float = option(0.999, "DebiasPL's m: momentum of q_hat, the estimate of the pseudo-labels' class marginal (tracked and logged for every algorithm; DebiasPL debiases with it)", ge=0, lt=1)
-    # the options of the base named in `name`, and of its layer (None without one); the defaults: the
-    # default options of the default algorithm's parts
-    base: Any = field(default_factory=lambda: compose_algorithm(DEFAULT_ALGORITHM).base_options)
-    layer: Any = field(default_factory=lambda: compose_algorithm(DEFAULT_ALGORITHM).layer_options)
+    base: Any = None   # the options of the base named in `name` (None: its defaults)
+    layer: Any = None  # the options of its layer (None: its defaults; stays None without a layer)
+
+    def __post_init__(self):
+        base, layer = parse_algorithm_name(self.name)
+        if self.base is None:
+            object.__setattr__(self, "base", base.Options())
+        if layer is not None and self.layer is None:
+            object.__setattr__(self, "layer", layer.Options())
+        if not isinstance(self.base, base.Options) or (
+                not isinstance(self.layer, layer.Options) if layer else self.layer is not None):
+            raise ValueError(f"options {type(self.base).__name__} and {type(self.layer).__name__} are not those of "
+                             f"algorithm {self.name}")
 
     @property
     def base_name(self) -> str:

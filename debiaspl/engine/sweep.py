@@ -104,7 +104,8 @@ def _load_point(experiment: Path, overrides: list[str], point: list[tuple[GridAx
             assignments = [f"{axis.key}={value}" for axis, value in point]
             return load_experiment(experiment, [*overrides, *assignments, f"train.seed={seed}"]), point
         except AbsentPartOptions as exc:
-            kept = [(axis, value) for axis, value in point if not axis.key.startswith(exc.section + ".")]
+            kept = [(axis, value) for axis, value in point
+                    if axis.key != exc.section and not axis.key.startswith(exc.section + ".")]
             if len(kept) == len(point):
                 raise
             point = kept

@@ -262,8 +262,7 @@ class Trainer:
             probs_lb=torch.softmax(logits_lb, dim=1), idx_ulb=batch.idx_ulb, y_ulb=batch.y_ulb,
             logits_weak=forward.logits_weak.detach().float(), probs_weak=result.probs_weak,
             probs_pseudo=result.probs_pseudo, pseudo_labels=result.pseudo_labels, mask=result.mask,
-            # a copy: result.class_marginal is the trainer's live q_hat
-            class_marginal_before=marginal_before, class_marginal=result.class_marginal.clone(),
+            class_marginal_before=marginal_before, class_marginal=result.class_marginal,
             loss=result.loss.detach(), loss_sup=result.loss_sup.detach(), loss_unsup=result.loss_unsup.detach(),
             lr=trained.lr, **features)
         if self.gather_records:  # hooks see the global batch, as in a one-process run
