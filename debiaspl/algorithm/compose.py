@@ -27,7 +27,7 @@ from debiaspl.algorithm.pseudo_labels import PseudoLabels
 ALGORITHMS: dict[str, BaseAlgorithm] = {base.name: base for base in (FIXMATCH, FLEXMATCH)}
 LAYERS: dict[str, Layer] = {layer.name: layer for layer in (DEBIASPL,)}
 LAYER_SEPARATOR = "+"
-DEFAULT_ALGORITHM = f"fixmatch{LAYER_SEPARATOR}debiaspl"  # the paper's: FixMatch + DebiasPL
+DEFAULT_ALGORITHM = f"fixmatch{LAYER_SEPARATOR}debiaspl"  # FixMatch + DebiasPL, the paper's CIFAR method
 
 
 def algorithm_names() -> list[str]:

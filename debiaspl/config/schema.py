@@ -1,4 +1,5 @@
-"""The experiment schema: frozen, typed dataclasses whose defaults are the paper's recipe.
+"""The experiment schema: frozen, typed dataclasses whose defaults are FixMatch's CIFAR recipe with
+DebiasPL on top (tau = 0.4 and m = 0.999, as USB sets them; README "Where the defaults come from").
 
 Each field carries its meaning and bounds (`option`); fields marked `execution` change how a run
 executes or reports, never what it learns. Algorithm and hook options are declared next to their
