@@ -49,10 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("first", type=Path)
     parser.add_argument("second", type=Path)
     args = parser.parse_args(argv)
-    states = []
-    for path in (args.first, args.second):
-        state = load_checkpoint(path)
-        states.append(upgrade_format_1(state) if "class_marginal" in state and "algorithm" not in state else state)
+    states = [upgrade_format_1(load_checkpoint(path)) for path in (args.first, args.second)]
     all_same = True
     for section in ("model", "ema", "optimizer", "algorithm"):
         if section not in states[0] or section not in states[1]:

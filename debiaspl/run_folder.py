@@ -62,8 +62,7 @@ def load_run_checkpoint(path: str | Path) -> tuple[dict, ExperimentConfig]:
     A format-1 checkpoint comes back in format 2, so older runs resume and are analysed as before.
     """
     state = load_checkpoint(path)
-    if isinstance(state, dict) and state.get("format") == 1 and "class_marginal" in state:
-        state = upgrade_format_1(state)
+    state = upgrade_format_1(state)
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a debiaspl checkpoint of format {CHECKPOINT_FORMAT} "
@@ -71,8 +70,11 @@ def load_run_checkpoint(path: str | Path) -> tuple[dict, ExperimentConfig]:
     return state, from_dict(state["config"], source=str(path))
 
 
-def upgrade_format_1(state: dict) -> dict:
-    """A format-1 trainer checkpoint or snapshot (q_hat as "class_marginal", flat algorithm config) in format 2."""
+def upgrade_format_1(state):
+    """A format-1 trainer checkpoint or snapshot (q_hat as "class_marginal", flat algorithm config) in
+    format 2; anything else (format 2, or not a checkpoint at all) as it is."""
+    if not isinstance(state, dict) or "class_marginal" not in state or "algorithm" in state:
+        return state
     state = {**state, "algorithm": {"class_marginal": state["class_marginal"]}}
     del state["class_marginal"]
     if "config" in state:

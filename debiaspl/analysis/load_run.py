@@ -84,8 +84,7 @@ def _check_same_data(data: TrainingData, run_dir: Path) -> None:
 def load_snapshot(path: Path) -> dict:
     """A snapshots/step_*.pt file: step, lr (of the step that produced it), model weights, algorithm state."""
     state = load_checkpoint(path)
-    if isinstance(state, dict) and "class_marginal" in state and "algorithm" not in state:  # format 1
-        state = upgrade_format_1(state)
+    state = upgrade_format_1(state)
     if not isinstance(state, dict) or not {"step", "lr", "model", "algorithm"} <= set(state):
         raise UserError(f"{path} is not a debiaspl snapshot of format {CHECKPOINT_FORMAT} (expected step, lr, model "
                         f"and algorithm)")
