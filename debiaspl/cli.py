@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("experiment", nargs="?", type=Path)
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.add_argument("--reference", action="store_true", help="print every key with its default and meaning")
+    show.add_argument("--protocols", action="store_true",
+                      help="print what each `protocol:` sets, side by side (the README's table)")
 
     evaluate = verbs.add_parser("eval", help="test metrics, calibration, MC Dropout and OOD detection of a run")
     _run_arguments(evaluate)
@@ -266,8 +268,11 @@ def _print_summary(results: list[dict]) -> None:
 def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import yaml
 
-    from debiaspl.config import describe_fields, load_experiment, to_dict
+    from debiaspl.config import describe_fields, load_experiment, protocol_deviations, protocol_table, to_dict
 
+    if args.protocols:
+        print(protocol_table(), end="")
+        return 0
     if args.reference:
         from debiaspl.hooks import HOOKS
 
@@ -282,8 +287,11 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             table(describe_fields(hook.Options, ""))
         return 0
     if args.experiment is None:
-        parser.error("name an experiment file, or pass --reference")
-    print(yaml.safe_dump(to_dict(load_experiment(args.experiment, args.overrides)), sort_keys=False), end="")
+        parser.error("name an experiment file, or pass --reference or --protocols")
+    config = load_experiment(args.experiment, args.overrides)
+    print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+    for key, (ours, theirs) in protocol_deviations(config).items():
+        print(f"# departs from protocol {config.protocol}: {key} = {theirs!r} (protocol: {ours!r})")
     return 0
 
 

@@ -60,7 +60,7 @@ def test_same_seed_same_output_different_seed_different_output(pipeline):
 def test_invalid_inputs_raise_value_error_naming_the_value():
     x = _images(2, 3, 8)
     with pytest.raises(ValueError, match="randaugment"):
-        strong_augment(x, _gen(0), variant="randaugment")
+        strong_augment(x, _gen(0), "randaugment")
     with pytest.raises(ValueError, match="float32"):
         weak_augment(x.float(), _gen(0))
     with pytest.raises(ValueError, match="float32"):
@@ -254,9 +254,16 @@ def test_weak_augment_is_a_padded_crop_of_the_image_or_its_flip(c, size, pad):
 # ---- Cutout
 
 
+def _centered_boxes(centers_y, centers_x, sides):
+    """The paper's boxes as the "centered" mode draws them, from given centres and sides."""
+    top, left = torch.tensor(centers_y) - torch.tensor(sides) // 2, torch.tensor(centers_x) - torch.tensor(sides) // 2
+    return A.CutoutBoxes(top.clamp(min=0), left.clamp(min=0), (top + torch.tensor(sides)).clamp(max=32),
+                         (left + torch.tensor(sides)).clamp(max=32))
+
+
 def test_cutout_fills_a_clipped_gray_square():
     x = torch.zeros(3, 3, 32, 32, dtype=torch.uint8)
-    out = A._cutout(x, torch.tensor([10, 0, 31]), torch.tensor([20, 0, 5]), torch.tensor([16, 16, 6]))
+    out = A._cutout(x, _centered_boxes([10, 0, 31], [20, 0, 5], [16, 16, 6]))
     expected = torch.zeros(3, 32, 32, dtype=torch.bool)
     expected[0, 2:18, 12:28] = True  # centred, full 16 x 16
     expected[1, :8, :8] = True  # centre in the corner: only the in-image quarter
@@ -265,30 +272,93 @@ def test_cutout_fills_a_clipped_gray_square():
     assert torch.equal(out[out != 127], x[out != 127])
 
 
+def test_cutout_fills_each_channel_with_its_own_value():
+    x = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    boxes = A.CutoutBoxes(*(torch.tensor(v) for v in ([0, 4], [0, 4], [4, 8], [4, 8])))
+    out = A._cutout(x, boxes, (125, 123, 114))
+    assert out[0, :, :4, :4].flatten(1).unique(dim=1).tolist() == [[125], [123], [114]]
+    assert (out[0, :, 4:, :] == 0).all() and (out[1, :, 4:, 4:].flatten(1).unique(dim=1) == torch.tensor([[125], [123], [114]])).all()
+    gray = A._cutout(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), A.CutoutBoxes(*(torch.tensor([v]) for v in (0, 0, 8, 8))),
+                     (125, 123, 114))
+    assert (gray == 125).all()  # one channel takes the first value
+
+
+def _cutout_abs_reference(w, h, v, cx, cy):
+    """kekmodel / USB CutoutAbs transcribed: the set of (row, col) PIL's inclusive rectangle fills."""
+    x0, y0 = int(max(0, cx - v / 2.0)), int(max(0, cy - v / 2.0))
+    x1, y1 = int(min(w, x0 + v)), int(min(h, y0 + v))
+    return {(r, c) for r in range(y0, min(y1, h - 1) + 1) for c in range(x0, min(x1, w - 1) + 1)}
+
+
+@pytest.mark.parametrize("variant", STRONG_VARIANTS)
+def test_pil_cutout_boxes_match_cutout_abs(variant):
+    augment = A.StrongAugment(variant=variant, cutout_box="pil")
+    n = 400
+    boxes = A.draw_cutout(n, 32, 32, augment, _gen(3))
+    # Replay the draws: sides (usb only), then centre x, then centre y.
+    g = _gen(3)
+    sides = [16.0] * n if variant == "fixmatch" else (torch.rand(n, generator=g, dtype=torch.float64) * 16).tolist()
+    cx = (torch.rand(n, generator=g, dtype=torch.float64) * 32).tolist()
+    cy = (torch.rand(n, generator=g, dtype=torch.float64) * 32).tolist()
+    for i in range(n):
+        got = {(r, c) for r in range(boxes.top[i], boxes.bottom[i]) for c in range(boxes.left[i], boxes.right[i])}
+        assert got == _cutout_abs_reference(32, 32, sides[i], cx[i], cy[i]), i
+    heights = boxes.bottom - boxes.top
+    if variant == "fixmatch":  # 17 x 17 (inclusive) unless the box reaches the bottom/right edge
+        assert heights.max() == 17 and (heights == 17).float().mean() > 0.6
+    else:
+        assert heights.min() == 1 and heights.max() == 16  # int(y0 + v) - y0 + 1 with v < 16
+
+
 @pytest.mark.parametrize("variant", STRONG_VARIANTS)
 def test_strong_augment_ends_with_cutout_of_the_variant_side(variant, monkeypatch):
     calls = []
 
-    def recording_cutout(images, centers_y, centers_x, sides):
-        calls.append((images.clone(), centers_y, centers_x, sides))
-        return original(images, centers_y, centers_x, sides)
+    def recording_cutout(images, boxes, fill):
+        calls.append((images.clone(), boxes))
+        return original(images, boxes, fill)
 
     original = A._cutout
     monkeypatch.setattr(A, "_cutout", recording_cutout)
     x = _images(200, 3, 32)
     out = strong_augment(x, _gen(2), variant)
-    before_cutout, centers_y, centers_x, sides = calls[0]
-    for centers in (centers_y, centers_x):  # centres uniform over all pixels
-        assert centers.min() >= 0 and centers.max() <= 31 and len(set(centers.tolist())) > 24
+    before_cutout, boxes = calls[0]
+    heights, widths = boxes.bottom - boxes.top, boxes.right - boxes.left
+    for start in (boxes.top, boxes.left):  # boxes placed over the whole image
+        assert start.min() == 0 and start.max() >= 20 and len(set(start.tolist())) > 16
+    inside = heights[(boxes.top > 0) & (boxes.bottom < 32)]  # boxes not clipped vertically
     if variant == "fixmatch":
-        assert (sides == 16).all()
-    else:  # uniform(0, 0.5) * 32
-        assert sides.min() <= 1 and sides.max() >= 15 and sides.max() <= 16
+        assert (inside == 16).all()
+    else:  # round(uniform(0, 0.5) * 32)
+        assert inside.min() <= 1 and inside.max() >= 15 and heights.max() <= 16
     gray = (out == 127).all(dim=1)
     changed = (out != before_cutout).any(dim=1)
     assert not (changed & ~gray).any()  # Cutout only ever writes gray
-    # Every square keeps at least a quarter of its area (its centre is inside the image).
-    assert (gray.flatten(1).sum(1) >= (sides // 2) ** 2).all()
+    assert torch.equal(gray.flatten(1).sum(1) >= heights * widths, torch.ones(200, dtype=torch.bool))
+
+
+def test_strong_augment_knobs_set_the_fills():
+    x = torch.full((64, 3, 32, 32), 200, dtype=torch.uint8)
+    augment = A.StrongAugment(variant="fixmatch", geometric_fill=0, cutout_fill=(125, 123, 114), cutout_box="pil")
+    out = strong_augment(x, _gen(4), augment)
+    colours = {tuple(p) for p in out.permute(0, 2, 3, 1).reshape(-1, 3).tolist()}
+    assert (125, 123, 114) in colours and (0, 0, 0) in colours  # Cutout and a geometric op's border
+    assert (127, 127, 127) not in colours and (128, 128, 128) not in colours
+    with pytest.raises(ValueError, match="square"):
+        A.StrongAugment(cutout_box="square")
+
+
+def test_randaugment_draws_the_variant_slots():
+    fixmatch = A.draw_rand_augment(4000, "fixmatch", _gen(0))
+    usb = A.draw_rand_augment(4000, "usb", _gen(0))
+    assert len(fixmatch) == 2 and len(usb) == 3  # RandAugmentMC(2, 10) vs RandAugment(3, 5)
+    for slot in fixmatch:
+        assert set(slot.levels.tolist()) == set(range(1, 10))  # randint(1, 10): integer levels 1..9
+        assert 0.47 < slot.applied.float().mean() < 0.53
+        assert set(slot.op_ids.tolist()) == set(range(14))
+    for slot in usb:
+        assert slot.applied.all() and 0 <= slot.levels.min() < 0.05 and 9.95 < slot.levels.max() < 10
+        assert not torch.equal(slot.levels, slot.levels.round())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

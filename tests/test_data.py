@@ -117,7 +117,7 @@ def test_stream_walks_seeded_epoch_permutations():
 def test_batches_are_a_function_of_step_and_workers_keep_order():
     data = prepare_data(DataConfig(dataset="digits", num_labeled_head=20, labeled_imbalance=5,
                                    num_unlabeled_head=40, unlabeled_imbalance=5))
-    options = dict(batch_size=4, unlabeled_ratio=2, seed=0, strong_variant="fixmatch")
+    options = dict(batch_size=4, unlabeled_ratio=2, seed=0, strong="fixmatch")
     direct = [make_train_batch(data.labeled, data.unlabeled, step, **options) for step in range(2, 7)]
     loaded = list(train_loader(data.labeled, data.unlabeled, start_step=2, end_step=7, num_workers=2,
                                pin_memory=False, **options))

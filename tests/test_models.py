@@ -149,8 +149,8 @@ def test_ema_module_is_a_frozen_eval_copy():
 
 def test_ema_first_update_with_warmup_uses_two_elevenths():
     model = make_linear([1.0, 2.0], 0.0)
-    ema = ModelEMA(model, decay=0.999, warmup=True)
-    no_warmup = ModelEMA(model, decay=0.999, warmup=False)
+    ema = ModelEMA(model, decay=0.999, warmup="tf")
+    no_warmup = ModelEMA(model, decay=0.999, warmup="none")
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[12.0, -9.0]]))
     ema.update(model, step=1)
@@ -162,10 +162,34 @@ def test_ema_first_update_with_warmup_uses_two_elevenths():
     assert ema.get_decay(10_000) == 0.999
 
 
+def test_ema_daso_warmup_and_averaged_buffers():
+    # DASO: d = min(0.999, 1 - 1/(t+1)) with t counted from 0, so the first update copies and the
+    # second takes half; its BN running statistics are averaged the same way, and the step counter
+    # (an integer buffer) is copied.
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train()
+    ema = ModelEMA(model, decay=0.999, warmup="daso", average_buffers=True)
+    copying = ModelEMA(model, decay=0.999, warmup="daso")
+    assert [ema.get_decay(t) for t in (1, 2, 4, 1000, 5000)] == pytest.approx([0.0, 0.5, 0.75, 0.999, 0.999])
+    ema.update(model, step=1)
+    old_mean = model[1].running_mean.clone()
+    model(torch.randn(8, 2) * 3 + 5)  # moves the running statistics
+    ema.update(model, step=2)
+    copying.update(model, step=2)
+    torch.testing.assert_close(ema.module[1].running_mean, 0.5 * old_mean + 0.5 * model[1].running_mean)
+    torch.testing.assert_close(copying.module[1].running_mean, model[1].running_mean)
+    assert ema.module[1].num_batches_tracked == model[1].num_batches_tracked == 1
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+    ema.update(model, step=1)  # the first update copies
+    assert torch.equal(ema.module[0].weight, model[0].weight)
+    with pytest.raises(ValueError, match="warm-up 'linear'"):
+        ModelEMA(model, warmup="linear")
+
+
 def test_ema_two_steps_by_hand():
     # decay 0.9 with warm-up: d_1 = min(0.9, 2/11) = 2/11, d_2 = min(0.9, 3/12) = 1/4.
     model = make_linear([1.0, 2.0], 0.0)
-    ema = ModelEMA(model, decay=0.9, warmup=True)
+    ema = ModelEMA(model, decay=0.9, warmup="tf")
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[12.0, -9.0]]))
         model.bias.fill_(11.0)

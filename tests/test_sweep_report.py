@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from debiaspl.analysis.report import (find_run_folders, group_rows, load_run_record, mean_and_std, median_of_last,
+from debiaspl.analysis.report import (at_best_top1, find_run_folders, group_rows, load_run_record, mean_and_std, median_of_last,
                                       read_evaluations, write_report)
 from debiaspl.engine.run import run_state
 from debiaspl.engine.sweep import parse_grid_axis, parse_seeds, sweep_configs
@@ -114,7 +114,7 @@ def test_sweep_trains_skips_finished_and_resumes_stopped_runs_then_reports(exper
         rows = list(csv.DictReader(handle))
     assert [(r["algorithm"], r["statistic"]) for r in rows] == [
         ("fixmatch", "final"), ("fixmatch+debiaspl", "final"), ("fixmatch", "median_last"),
-        ("fixmatch+debiaspl", "median_last")]
+        ("fixmatch+debiaspl", "median_last"), ("fixmatch", "best"), ("fixmatch+debiaspl", "best")]
     # the table is the mean over the two seeds of each run's own final result
     finals = [json.loads((parent / f"fixmatch+debiaspl-seed{s}" / "results.json").read_text())["top1"] for s in (0, 1)]
     assert float(rows[1]["top1_mean"]) == pytest.approx(sum(finals) / 2, rel=1e-5)
@@ -132,7 +132,7 @@ def test_sweep_mistakes_are_one_line(experiment):
     assert proc.returncode == 2 and "no finished run" in proc.stderr
 
 
-def fake_run(folder, algorithm, seed, top1s, tau=0.4, unlabeled_imbalance=100, finished=True, legacy=False):
+def fake_run(folder, algorithm, seed, top1s, tau=0.4, unlabeled_imbalance=100, finished=True, legacy=False, extra=""):
     """A run folder as train_run leaves it, with evaluations of the given top-1 at steps 10, 20, ...
 
     legacy: config.yaml in the layout of checkpoint format 1 (a flat algorithm section; name debiaspl).
@@ -144,7 +144,7 @@ def fake_run(folder, algorithm, seed, top1s, tau=0.4, unlabeled_imbalance=100, f
         section = f"{{name: {algorithm}, debiaspl: {{tau: {tau}}}}}" if "debiaspl" in algorithm else f"{{name: {algorithm}}}"
     (folder / "config.yaml").write_text(
         f"data: {{unlabeled_imbalance: {unlabeled_imbalance}}}\nalgorithm: {section}\n"
-        f"train: {{seed: {seed}, device: cpu}}\nlogging: {{run_name: {folder.name}}}\n")
+        f"train: {{seed: {seed}, device: cpu}}\nlogging: {{run_name: {folder.name}}}\n{extra}")
     lines = [json.dumps({"step": 10 * (i + 1), "eval/top1": top1, "eval/pseudo_kl_to_true": 0.1 * i})
              for i, top1 in enumerate(top1s)]
     lines.insert(1, json.dumps({"step": 15, "train/loss": 1.0}))  # training lines are not evaluations
@@ -170,6 +170,20 @@ def test_rows_group_by_config_without_seed_and_name_what_varies(tmp_path):
         ("data.unlabeled_imbalance=100", "fixmatch+debiaspl debiaspl.tau=2.0", 1)]
 
 
+def test_rows_of_runs_under_protocols_are_named_by_the_protocol(tmp_path):
+    usb = "protocol: usb\noptim: {schedule: constant}\nmodel: {wrn_variant: usb}\neval: {interval: 1024}\n"
+    daso = "protocol: daso\noptim: {schedule: constant, decay_norm_and_bias: true}\nmodel: {wrn_variant: daso}\n"
+    fake_run(tmp_path / "a", "fixmatch", 0, [0.5], extra=usb)
+    fake_run(tmp_path / "b", "fixmatch", 1, [0.5], extra=usb)
+    fake_run(tmp_path / "c", "fixmatch", 0, [0.5], extra=daso + "eval: {interval: 500}\n")
+    fake_run(tmp_path / "d", "fixmatch", 0, [0.5], extra=daso + "eval: {interval: 100}\n")
+    rows = group_rows([load_run_record(folder) for folder in find_run_folders([tmp_path])])
+    # the keys each protocol fixes collapse into its name; eval.interval varies within daso, so it stays
+    assert [(row.setting, len(row.runs)) for row in rows] == [
+        ("protocol=daso, eval.interval=100", 1), ("protocol=daso, eval.interval=500", 1),
+        ("protocol=usb, eval.interval=1024", 2)]
+
+
 def test_statistics(tmp_path):
     assert mean_and_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
     mean, std = mean_and_std([4.0, math.nan])
@@ -182,6 +196,8 @@ def test_statistics(tmp_path):
     markdown, _ = write_report([tmp_path], None, last=2)
     assert "| - | fixmatch | 0 | 30.00 | - |" in markdown  # one seed: no std; a null result: a dash
     assert "Median of the last 2 evaluations" in markdown and "35.00" in markdown
+    assert at_best_top1(evaluations, "top1") == 0.9 and at_best_top1(evaluations, "step") == 10
+    assert "best-so-far" in markdown and "| - | fixmatch | 0 | 90.00 | - |" in markdown
     with pytest.raises(UserError, match="--last"):
         write_report([tmp_path], None, last=0)
 

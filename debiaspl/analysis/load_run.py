@@ -62,7 +62,8 @@ def load_run(run_dir: Path, weights: Literal["ema", "model"] = "ema", device: st
     except UserError as exc:
         raise UserError(f"{exc} (if the data moved since training, pass --data-root)") from None
     _check_same_data(data, run_dir)
-    model = build_model(config.model.name, data.num_classes, data.image_shape[0], config.model.dropout).to(resolved)
+    model = build_model(config.model.name, data.num_classes, data.image_shape[0], config.model.dropout,
+                        config.model.wrn_variant).to(resolved)
     model.load_state_dict(state["ema" if weights == "ema" else "model"])
     model.eval()
     return LoadedRun(run_dir, config, data, model, config.algorithm.build(), dict(state["algorithm"]), int(state["step"]),

@@ -6,8 +6,10 @@ processes). What varies between rows names them: `algorithm.*` keys form the alg
 the rest the setting column. A FixMatch run has no DebiasPL section and uses q_hat only for
 monitoring, so neither tau nor q_hat's momentum splits FixMatch rows.
 
-Two statistics per run, both reported: the final evaluation of the EMA model (results.json), and
-the median of the last `last` evaluations (metrics.jsonl), as FixMatch and DASO report it.
+Three statistics per run, all reported: the final evaluation of the EMA model (results.json), the
+median of the last `last` evaluations (metrics.jsonl), as FixMatch and DASO report it, and the
+evaluation with the best test top-1, as USB reports it (best-so-far: chosen on the test set, so it
+is optimistic by construction; the tables say so).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from debiaspl.run_folder import CONFIG_NAME, METRICS_NAME, RESULTS_NAME
 METRICS = ("top1", "balanced_acc", "acc_many", "acc_medium", "acc_few", "pseudo_kl_to_true")
 METRIC_HEADERS = {"top1": "top-1", "balanced_acc": "balanced", "acc_many": "many", "acc_medium": "medium",
                   "acc_few": "few", "pseudo_kl_to_true": "pseudo-label KL"}
-STATISTICS = ("final", "median_last")
+STATISTICS = ("final", "median_last", "best")
 
 
 @dataclass
@@ -37,6 +39,7 @@ class RunRecord:
     folder: Path
     algorithm: str
     seed: int
+    protocol: str                          # the config's `protocol` (none when it names none)
     setting_keys: dict[str, object]        # config.training_settings without train.seed
     final: dict[str, float]                # the final EMA evaluation
     evaluations: list[dict]                # metrics.jsonl evaluation lines, by step
@@ -78,7 +81,7 @@ def load_run_record(folder: Path) -> RunRecord | None:
     algorithm = keys.get("algorithm.name", "?")
     setting_keys = {key: value for key, value in training_settings(keys).items() if key != "train.seed"}
     return RunRecord(folder=folder, algorithm=str(algorithm), seed=int(keys.get("train.seed", 0)),
-                     setting_keys=setting_keys, final={m: _number(final.get(m)) for m in METRICS},
+                     protocol=str(keys.get("protocol", "none")), setting_keys=setting_keys, final={m: _number(final.get(m)) for m in METRICS},
                      evaluations=read_evaluations(folder / METRICS_NAME))
 
 
@@ -108,10 +111,15 @@ def group_rows(records: list[RunRecord]) -> list[Row]:
     # A key varies when the runs that use it disagree (FixMatch runs have no algorithm.debiaspl.tau, say).
     varying = [key for key in all_keys if key != "algorithm.name"
                and len({repr(record.setting_keys[key]) for record in records if key in record.setting_keys}) > 1]
+    # Keys that a protocol sets vary with it: name the protocol instead of listing them all.
+    by_protocol = [key for key in varying if len({record.protocol for record in records}) > 1 and all(
+        len({repr(r.setting_keys.get(key)) for r in records if r.protocol == record.protocol}) == 1 for record in records)]
+    varying = [key for key in varying if key not in by_protocol]
     rows: dict[tuple[str, str], Row] = {}
     for record in records:
-        setting = ", ".join(f"{key}={record.setting_keys[key]}" for key in varying
-                            if not key.startswith("algorithm.") and key in record.setting_keys) or "-"
+        setting = ", ".join([*([f"protocol={record.protocol}"] if by_protocol else []),
+                             *(f"{key}={record.setting_keys[key]}" for key in varying
+                               if not key.startswith("algorithm.") and key in record.setting_keys)]) or "-"
         algorithm = " ".join([record.algorithm, *(f"{key.partition('.')[2]}={record.setting_keys[key]}"
                                                    for key in varying if key.startswith("algorithm.")
                                                    and key in record.setting_keys)])
@@ -119,9 +127,17 @@ def group_rows(records: list[RunRecord]) -> list[Row]:
     return [rows[key] for key in sorted(rows)]
 
 
+def at_best_top1(evaluations: list[dict], metric: str) -> float:
+    """`metric` at the evaluation with the highest top-1 (the first of ties), as USB's best_eval_acc."""
+    scored = [e for e in evaluations if not math.isnan(e["top1"])]
+    return max(scored, key=lambda e: e["top1"])[metric] if scored else math.nan
+
+
 def run_statistic(record: RunRecord, metric: str, statistic: str, last: int) -> float:
     if statistic == "final":
         return record.final[metric]
+    if statistic == "best":
+        return at_best_top1(record.evaluations, metric)
     return median_of_last(record.evaluations, metric, last)
 
 
@@ -167,7 +183,8 @@ def report_notes(rows: list[Row], last: int, skipped: list[Path]) -> list[str]:
 
 def markdown_report(table: list[dict], last: int, notes: list[str]) -> str:
     titles = {"final": "Final evaluation (of the EMA model, unless the run set eval.use_ema: false)",
-              "median_last": f"Median of the last {last} evaluations (as FixMatch and DASO report)"}
+              "median_last": f"Median of the last {last} evaluations (as FixMatch and DASO report)",
+              "best": "At the evaluation with the best test top-1 (USB's best-so-far; chosen on the test set, so optimistic)"}
     lines = []
     for statistic in STATISTICS:
         lines += [f"### {titles[statistic]}", "",

@@ -17,7 +17,10 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from debiaspl.algorithm import ALGORITHMS, LAYER_SEPARATOR, LAYERS, parse_algorithm_name, upgrade_legacy_config
+from debiaspl.algorithm import (ALGORITHMS, DEFAULT_ALGORITHM, LAYER_SEPARATOR, LAYERS, parse_algorithm_name,
+                                upgrade_legacy_config)
+from debiaspl.config.identity import flatten
+from debiaspl.config.protocols import NO_PROTOCOL, PROTOCOLS
 from debiaspl.config.schema import AlgorithmConfig, ExperimentConfig, HookConfig
 from debiaspl.errors import UserError
 from debiaspl.hooks import HOOKS
@@ -52,7 +55,7 @@ def load_experiment(path: str | Path, overrides: typing.Sequence[str] = (), *,
         if _leaf_type(key) is str:  # keep `run_name=2024` or `root=yes` as the text typed
             value = override.partition("=")[2].strip()
         _set_dotted(raw, key, value)
-    config = from_dict(raw, source=str(path))
+    config = from_dict(with_protocol(_upgrade_old_values(raw)), source=str(path))
     if not config.logging.run_name:
         config = replace_dotted(config, "logging.run_name", path.stem)
     return config
@@ -61,6 +64,48 @@ def load_experiment(path: str | Path, overrides: typing.Sequence[str] = (), *,
 def load_saved_config(path: Path, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
     """A run folder's config.yaml, also one saved in an older layout (upgrade_legacy_config)."""
     return load_experiment(path, overrides, upgrade_legacy=True)
+
+
+def with_protocol(raw: dict) -> dict:
+    """`raw` over the settings of the protocol it names (none: `raw` as it is); the file's keys win."""
+    name = raw.get("protocol", NO_PROTOCOL)
+    if name == NO_PROTOCOL or name not in PROTOCOLS:  # an unknown name is reported by validation
+        return raw
+    settings = _protocol_settings(name, raw.get("algorithm"))
+    if settings is None:
+        return raw
+    merged: dict = {}
+    for key, value in settings.items():
+        _set_dotted(merged, key, value)
+    _deep_merge(merged, raw)
+    return merged
+
+
+def protocol_deviations(config: ExperimentConfig) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (the protocol's value, the run's)} where the run departs from its protocol."""
+    if config.protocol == NO_PROTOCOL:
+        return {}
+    flat = flatten(to_dict(config))
+    settings = _protocol_settings(config.protocol, {"name": config.algorithm.name}) or {}
+    return {key: (value, flat[key]) for key, value in settings.items() if flat.get(key) != value}
+
+
+def _protocol_settings(name: str, algorithm: Any) -> dict[str, Any] | None:
+    """The protocol's settings for the algorithm `raw` names; None when that name is not valid."""
+    algorithm_name = algorithm.get("name", DEFAULT_ALGORITHM) if isinstance(algorithm, dict) else DEFAULT_ALGORITHM
+    try:
+        base, layer = parse_algorithm_name(algorithm_name)
+    except ValueError:
+        return None
+    return PROTOCOLS[name].resolved(base.name, layer.name if layer else None)
+
+
+def _upgrade_old_values(raw: dict) -> dict:
+    """Values older versions wrote that today's schema spells otherwise: train.ema_warmup was a bool."""
+    train = raw.get("train")
+    if isinstance(train, dict) and isinstance(train.get("ema_warmup"), bool):
+        raw = {**raw, "train": {**train, "ema_warmup": "tf" if train["ema_warmup"] else "none"}}
+    return raw
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -86,8 +131,8 @@ def from_dict(raw: dict, source: str = "config") -> ExperimentConfig:
 
 def to_dict(config: ExperimentConfig) -> dict:
     """Plain nested dicts and lists, in the shape an experiment file has (hooks as flat mappings)."""
-    raw = {f.name: dataclasses.asdict(getattr(config, f.name)) for f in dataclasses.fields(config)
-           if f.name not in ("hooks", "algorithm")}
+    raw = {f.name: dataclasses.asdict(getattr(config, f.name)) if dataclasses.is_dataclass(getattr(config, f.name))
+           else getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in ("hooks", "algorithm")}
     algorithm = config.algorithm
     raw["algorithm"] = {key: getattr(algorithm, key) for key in _SHARED_ALGORITHM_KEYS}
     raw["algorithm"][algorithm.base_name] = dataclasses.asdict(algorithm.base)

@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from debiaspl.algorithm import (DEFAULT_ALGORITHM, LAYER_SEPARATOR, Algorithm, algorithm_names, compose_algorithm,
                                 parse_algorithm_name)
+from debiaspl.config.protocols import NO_PROTOCOL, PROTOCOL_NAMES
 from debiaspl.data.datasets import DATASETS
-from debiaspl.models import MODELS
+from debiaspl.models import MODELS, WRN_VARIANTS
 from debiaspl.options import option
 
 
@@ -27,8 +28,13 @@ class DataConfig:
     labeled_imbalance: float = option(100.0, "gamma_l: ratio of the labeled head to tail class count", ge=1)
     num_unlabeled_head: int = option(3000, "M1: unlabeled images of the most frequent class (0: unlabeled = the rest of the train set)", ge=0)
     unlabeled_imbalance: float = option(100.0, "gamma_u: 1 = uniform unlabeled set, negative = reversed order (tail classes most frequent)")
+    uniform_unlabeled_count: Literal["head", "total"] = option("head", "what M1 counts when gamma_u = 1: head, M1 images of every class (DASO, ACR: 10 x 3000) or total, M1 images in all (USB: 10 x 300)")
     split_seed: int = option(0, "seed of the labeled/unlabeled draw (separate from train.seed so runs share a split)", ge=0)
-    strong_augment: Literal["fixmatch", "usb"] = option("fixmatch", "RandAugment variant of the strong view: FixMatch's (2 ops, random magnitude, p=0.5) or USB's (3 ops)")
+    strong_augment: Literal["fixmatch", "usb"] = option("fixmatch", "RandAugment variant of the strong view: FixMatch's (kekmodel's RandAugmentMC(2, 10): 2 ops, integer magnitude 1..9, each applied with p = 0.5, Cutout side 0.5 x size) or USB's (RandAugment(3, 5): 3 ops always applied, continuous magnitude, Cutout side uniform(0, 0.5) x size)")
+    geometric_fill: int = option(128, "fill of the pixels that rotate, shear and translate bring in from outside the image (128: TensorFlow FixMatch's gray; 0: the PIL default that kekmodel, USB, DASO and ACR use)", ge=0, le=255)
+    cutout_fill: Literal["gray", "cifar_mean"] = option("gray", "Cutout colour: gray (127, 127, 127) as kekmodel, DASO and ACR, or cifar_mean (125, 123, 114) as USB")
+    cutout_box: Literal["centered", "pil"] = option("centered", "Cutout geometry: centered (the paper's square around a uniform pixel, clipped at the borders) or pil (kekmodel's and USB's CutoutAbs: corner clamped at 0 so the box slides inside, PIL's inclusive rectangle one pixel larger)")
+    normalization: Literal["data", "cifar10", "imagenet", "minus_one_one"] = option("data", "input normalisation: data (mean and std of this run's labeled + unlabeled images), cifar10 (kekmodel's, DASO's and ACR's constants), imagenet (USB's, also for CIFAR) or minus_one_one (x / 127.5 - 1, TensorFlow FixMatch)")
     num_workers: int = option(0, "background processes that gather and augment batches (0: in the training process, which on few CPU cores is faster: a worker competes with the compute threads)", ge=0, execution=True)
     augment_on: Literal["auto", "loader", "device"] = option("auto", "where batches are augmented: in the loader (the training process, or its workers), or on the training device after the copy (auto: device on CUDA, loader on CPU); the result is the same", execution=True)
     label_file: str = option("", "CSV with columns sample_id,label (class name or index): these train-pool images join the labeled set with these labels, e.g. newly annotated ones from `debiaspl select` (a relative path is relative to the working directory)")
@@ -38,6 +44,7 @@ class DataConfig:
 class ModelConfig:
     name: str = option("wrn28_2", "network: WRN-28-2 (CIFAR-10), WRN-28-8 (CIFAR-100), small_cnn (CPU runs), small_cnn_gn (the same with GroupNorm, independent of the batch split across processes)", choices=MODELS)
     dropout: float = option(0.0, "dropout rate before the classifier", ge=0, lt=1)
+    wrn_variant: str = option("default", "how the WRN models are defined: default (TensorFlow FixMatch's wiring, every conv1 sees BN-LReLU of its input; BN momentum 0.001), kekmodel (also ACR: the first block of groups 2 and 3 feeds conv1 the raw input), usb (kekmodel's, plus final BN eps 1e-3 and a stem bias) or daso (default wiring, PyTorch's BN momentum 0.1); other networks ignore it", choices=WRN_VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,8 @@ class OptimConfig:
     momentum: float = option(0.9, "SGD momentum", ge=0, lt=1)
     nesterov: bool = option(True, "Nesterov momentum")
     weight_decay: float = option(5e-4, "L2 weight decay, not applied to biases and BatchNorm (FixMatch: 5e-4 CIFAR-10, 1e-3 CIFAR-100)", ge=0)
-    schedule: Literal["cosine", "constant"] = option("cosine", "cosine: lr * cos(7 pi t / (16 T)) as in FixMatch")
+    schedule: Literal["cosine", "constant"] = option("cosine", "cosine: lr * cos(7 pi t / (16 T)) as in FixMatch; constant: lr throughout (DASO; USB's imbalanced-algorithm wrapper on CIFAR)")
+    decay_norm_and_bias: bool = option(False, "apply weight decay to BatchNorm weights and all biases too (DASO decays every parameter; kekmodel, USB and ACR do not)")
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,8 @@ class TrainConfig:
     batch_size: int = option(64, "B: labeled images per step", ge=1)
     unlabeled_ratio: int = option(2, "mu: unlabeled images per step = mu * B", ge=1)
     ema_decay: float = option(0.999, "decay of the weight EMA used for evaluation", ge=0, lt=1)
-    ema_warmup: bool = option(True, "EMA decay min(d, (1+t)/(10+t)) so short runs are not dominated by the initial weights")
+    ema_warmup: Literal["tf", "daso", "none"] = option("tf", "EMA decay at step t: tf min(d, (1+t)/(10+t)) as TensorFlow's ExponentialMovingAverage, so short runs are not dominated by the initial weights; daso min(d, 1 - 1/t), DASO's (the first update copies the weights); none: d from the first step (kekmodel, USB, ACR)")
+    ema_buffers: Literal["copy", "average"] = option("copy", "BatchNorm running statistics of the EMA model: copied from the model (kekmodel, USB, ACR) or averaged like the weights (DASO)")
     seed: int = option(0, "seed of weights, batch order and augmentation", ge=0)
     device: str = option("auto", "auto (cuda when available), cpu, cuda or cuda:N", execution=True)
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast of the forward pass (losses and q_hat stay float32); auto: bf16 on CUDA devices that support it and on CPUs with native bf16 instructions (AVX512-BF16 or AMX), fp32 elsewhere")
@@ -132,6 +141,8 @@ class HookConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    # the settings of a reference codebase under the file's own (debiaspl.config.protocols)
+    protocol: str = option(NO_PROTOCOL, "set every training knob as one reference codebase does (README, \"Protocols\"); keys the file sets win, and the run folder records where the run departs from its protocol", choices=PROTOCOL_NAMES, execution=True)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)

@@ -11,23 +11,46 @@ then Cutout (DeVries & Taylor 2017). Two strong variants (``STRONG_VARIANTS``):
   (continuous) over the op's range (a signed range [-M, M] is drawn as sign * uniform(0, M),
   the same distribution); Cutout side round(uniform(0, 0.5) * size).
 
-Cutout is the paper's square centred on a uniform pixel and clipped at the borders (kekmodel and
-USB instead shift it inside at the top/left edge and draw PIL's inclusive, one pixel larger box).
+The rest of the strong view differs between codebases too, and ``StrongAugment`` holds it: the
+fill of the geometric ops (gray 128 in the TensorFlow FixMatch code, black in the PIL-based
+kekmodel, USB and DASO code), the Cutout fill (gray 127 in kekmodel, USB's (125, 123, 114)), and
+the Cutout box (``CUTOUT_BOXES``): ``"centered"`` is the paper's square centred on a uniform pixel
+and clipped at the borders; ``"pil"`` is kekmodel's and USB's ``CutoutAbs``: a continuous uniform
+centre, the top/left corner clamped at 0 (so the box moves inside there instead of shrinking) and
+PIL's inclusive rectangle, one pixel larger than the side on each axis unless clipped.
 
-Ops follow torchvision's tensor kernels (``transforms.v2.functional``) on uint8; geometric ops
-fill with gray 128 (as the original FixMatch code), Cutout fills with gray 127 (as kekmodel).
-Every image gets its own parameters, drawn on CPU from the caller's ``torch.Generator`` only, so
-a seed fixes the output, and the same code runs on CPU or GPU without reading values back from
-the device (op subsets are chosen with CPU indices).
+Ops follow torchvision's tensor kernels (``transforms.v2.functional``) on uint8. Every image gets
+its own parameters, drawn on CPU from the caller's ``torch.Generator`` only, so a seed fixes the
+output, and the same code runs on CPU or GPU without reading values back from the device (op
+subsets are chosen with CPU indices).
 """
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 STRONG_VARIANTS = ("fixmatch", "usb")
+CUTOUT_BOXES = ("centered", "pil")
 
-_GEOMETRY_FILL = 128.0
-_CUTOUT_FILL = 127
+
+@dataclass(frozen=True)
+class StrongAugment:
+    """The knobs of the strong view: RandAugment variant, fill colours and Cutout geometry."""
+
+    variant: str = "fixmatch"                       # one of STRONG_VARIANTS
+    geometric_fill: int = 128                       # rotate / shear / translate fill, all channels
+    cutout_fill: tuple[int, ...] = (127, 127, 127)  # per channel (a 1-channel image takes the first)
+    cutout_box: str = "centered"                    # one of CUTOUT_BOXES
+
+    def __post_init__(self):
+        if self.variant not in STRONG_VARIANTS:
+            raise ValueError(f"unknown strong augmentation variant {self.variant!r}; expected one of "
+                             f"{STRONG_VARIANTS}")
+        if self.cutout_box not in CUTOUT_BOXES:
+            raise ValueError(f"unknown Cutout box {self.cutout_box!r}; expected one of {CUTOUT_BOXES}")
+        if not all(0 <= v <= 255 for v in (self.geometric_fill, *self.cutout_fill)):
+            raise ValueError(f"fill values must be in 0..255, got {self.geometric_fill} and {self.cutout_fill}")
 
 
 # ---- colour ops: images uint8 [n, C, H, W], magnitudes [n] (float64, same device) -> uint8 [n, C, H, W]
@@ -125,18 +148,19 @@ def _equalize(images: torch.Tensor, magnitudes: torch.Tensor = None) -> torch.Te
 # ---- geometric ops: one affine grid per image, nearest sampling, gray fill
 
 
-def _affine(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+def _affine(images: torch.Tensor, matrix: torch.Tensor, fill: float) -> torch.Tensor:
     """Warp images [n, C, H, W] by matrix [n, 2, 3] (float64) mapping output to input pixel
-    coordinates measured from the image centre (pixel centres at half-integers, as torchvision)."""
+    coordinates measured from the image centre (pixel centres at half-integers, as torchvision);
+    pixels that come from outside the image get `fill`."""
     n, c, h, w = images.shape
     # Pixel units -> affine_grid's [-1, 1] units (align_corners=False: the edges are +-1).
     to_norm = torch.tensor([[1.0, h / w, 2.0 / w], [w / h, 1.0, 2.0 / h]], dtype=matrix.dtype)
     to_norm = to_norm.to(matrix.device)
     grid = F.affine_grid((matrix * to_norm).float(), [n, c, h, w], align_corners=False)
     # Sampling (x - fill) with zero padding makes out-of-image pixels exactly `fill` in one pass.
-    shifted = images.float() - _GEOMETRY_FILL
+    shifted = images.float() - fill
     out = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return (out + _GEOMETRY_FILL).to(torch.uint8)
+    return (out + fill).to(torch.uint8)
 
 
 def _matrix(*entries) -> torch.Tensor:
@@ -146,33 +170,33 @@ def _matrix(*entries) -> torch.Tensor:
     return torch.stack(columns, dim=1).view(-1, 2, 3)
 
 
-def _rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+def _rotate(images: torch.Tensor, degrees: torch.Tensor, fill: float = 128.0) -> torch.Tensor:
     """Rotate counter-clockwise about the image centre, like PIL's Image.rotate and TF.rotate."""
     theta = torch.deg2rad(degrees.double())
     cos, sin = torch.cos(theta), torch.sin(theta)
-    return _affine(images, _matrix(cos, -sin, 0.0, sin, cos, 0.0))
+    return _affine(images, _matrix(cos, -sin, 0.0, sin, cos, 0.0), fill)
 
 
-def _shear_x(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+def _shear_x(images: torch.Tensor, factors: torch.Tensor, fill: float = 128.0) -> torch.Tensor:
     """Output (x, y) reads input (x + s * y, y), y from the top edge: PIL's (1, s, 0, 0, 1, 0)."""
     s = factors.double()
-    return _affine(images, _matrix(1.0, s, s * images.shape[2] / 2, 0.0, 1.0, 0.0))
+    return _affine(images, _matrix(1.0, s, s * images.shape[2] / 2, 0.0, 1.0, 0.0), fill)
 
 
-def _shear_y(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+def _shear_y(images: torch.Tensor, factors: torch.Tensor, fill: float = 128.0) -> torch.Tensor:
     """Output (x, y) reads input (x, y + s * x), x from the left edge: PIL's (1, 0, 0, s, 1, 0)."""
     s = factors.double()
-    return _affine(images, _matrix(1.0, 0.0, 0.0, s, 1.0, s * images.shape[3] / 2))
+    return _affine(images, _matrix(1.0, 0.0, 0.0, s, 1.0, s * images.shape[3] / 2), fill)
 
 
-def _translate_x(images: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+def _translate_x(images: torch.Tensor, pixels: torch.Tensor, fill: float = 128.0) -> torch.Tensor:
     """Move the content right by `pixels` (torchvision's translate sign)."""
-    return _affine(images, _matrix(1.0, 0.0, -pixels.double(), 0.0, 1.0, 0.0))
+    return _affine(images, _matrix(1.0, 0.0, -pixels.double(), 0.0, 1.0, 0.0), fill)
 
 
-def _translate_y(images: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+def _translate_y(images: torch.Tensor, pixels: torch.Tensor, fill: float = 128.0) -> torch.Tensor:
     """Move the content down by `pixels`."""
-    return _affine(images, _matrix(1.0, 0.0, 0.0, 0.0, 1.0, -pixels.double()))
+    return _affine(images, _matrix(1.0, 0.0, 0.0, 0.0, 1.0, -pixels.double()), fill)
 
 
 # The 14 ops of kekmodel's fixmatch_augment_pool, in its order.
@@ -221,12 +245,33 @@ def _pool_magnitudes(
     return levels  # ops without a magnitude ignore it
 
 
-def _rand_augment(images: torch.Tensor, generator: torch.Generator, fixmatch: bool) -> torch.Tensor:
-    """RandAugment on uint8 [N, C, H, W] -> [N, C, H, W]. Parameters are drawn on CPU; each op
-    type runs once per slot on the subset of images that picked it, so the work is one pass over
-    the batch per slot rather than 14."""
-    n, _, h, w = images.shape
-    device = images.device
+_GEOMETRIC_OPS = frozenset({"rotate", "shear_x", "shear_y", "translate_x", "translate_y"})
+
+
+@dataclass(frozen=True)
+class SlotDraw:
+    """One RandAugment op slot's random parameters for n images (CPU tensors [n])."""
+
+    op_ids: torch.Tensor   # int64 index into _POOL
+    levels: torch.Tensor   # float64 in [0, 10]: integers 1..9 (fixmatch) or continuous (usb)
+    signs: torch.Tensor    # float64 +-1, for the signed ops
+    applied: torch.Tensor  # bool: the slot changes this image (p = 0.5 in fixmatch, always in usb)
+
+
+@dataclass(frozen=True)
+class CutoutBoxes:
+    """Per-image boxes [n] (int64, CPU) of rows [top, bottom) and columns [left, right), clipped to the image."""
+
+    top: torch.Tensor
+    left: torch.Tensor
+    bottom: torch.Tensor
+    right: torch.Tensor
+
+
+def draw_rand_augment(n: int, variant: str, generator: torch.Generator) -> list[SlotDraw]:
+    """The op slots of RandAugment for n images: 2 for fixmatch (RandAugmentMC(2, 10)), 3 for usb."""
+    fixmatch = variant == "fixmatch"
+    slots = []
     for _ in range(2 if fixmatch else 3):
         op_ids = torch.randint(len(_POOL), (n,), generator=generator)
         if fixmatch:
@@ -235,33 +280,70 @@ def _rand_augment(images: torch.Tensor, generator: torch.Generator, fixmatch: bo
             levels = 10 * torch.rand(n, generator=generator, dtype=torch.float64)
         signs = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).double()
         applied = torch.rand(n, generator=generator) < 0.5 if fixmatch else torch.ones(n, dtype=torch.bool)
+        slots.append(SlotDraw(op_ids, levels, signs, applied))
+    return slots
+
+
+def _rand_augment(images: torch.Tensor, generator: torch.Generator, fixmatch: bool,
+                  geometric_fill: float = 128.0) -> torch.Tensor:
+    """RandAugment on uint8 [N, C, H, W] -> [N, C, H, W]. Parameters are drawn on CPU; each op
+    type runs once per slot on the subset of images that picked it, so the work is one pass over
+    the batch per slot rather than 14."""
+    n, _, h, w = images.shape
+    device = images.device
+    for slot in draw_rand_augment(n, "fixmatch" if fixmatch else "usb", generator):
         out = images.clone()
         for k, (name, op) in enumerate(_POOL):
-            idx = torch.nonzero(applied & (op_ids == k)).squeeze(1)
+            idx = torch.nonzero(slot.applied & (slot.op_ids == k)).squeeze(1)
             if name == "identity" or idx.numel() == 0:
                 continue
             size = h if name == "translate_y" else w
-            magnitudes = _pool_magnitudes(name, levels[idx], signs[idx], size, fixmatch).to(device)
+            magnitudes = _pool_magnitudes(name, slot.levels[idx], slot.signs[idx], size, fixmatch).to(device)
             idx = idx.to(device)
-            out.index_copy_(0, idx, op(images.index_select(0, idx), magnitudes))
+            subset = images.index_select(0, idx)
+            changed = op(subset, magnitudes, geometric_fill) if name in _GEOMETRIC_OPS else op(subset, magnitudes)
+            out.index_copy_(0, idx, changed)
         images = out
     return images
 
 
-def _cutout(
-    images: torch.Tensor, centers_y: torch.Tensor, centers_x: torch.Tensor, sides: torch.Tensor
-) -> torch.Tensor:
-    """Fill a square of side `sides` [n] centred at (centers_y, centers_x) [n] (integer pixels),
-    clipped at the borders, with gray 127. Returns a new uint8 tensor [n, C, H, W]."""
-    _, _, h, w = images.shape
+def draw_cutout(n: int, h: int, w: int, augment: StrongAugment, generator: torch.Generator) -> CutoutBoxes:
+    """Cutout boxes for n images of h x w: side 0.5 * size (fixmatch) or uniform(0, 0.5) * size (usb),
+    placed as `augment.cutout_box` says (module docstring)."""
+    size = min(h, w)
+    if augment.cutout_box == "centered":
+        if augment.variant == "fixmatch":
+            sides = torch.full((n,), round(0.5 * size))
+        else:
+            sides = torch.round(torch.rand(n, generator=generator, dtype=torch.float64) * 0.5 * size).long()
+        top = torch.randint(0, h, (n,), generator=generator) - sides // 2
+        left = torch.randint(0, w, (n,), generator=generator) - sides // 2
+        return CutoutBoxes(top.clamp(min=0), left.clamp(min=0), (top + sides).clamp(max=h), (left + sides).clamp(max=w))
+    # CutoutAbs(img, v): x0 = int(max(0, uniform(0, w) - v / 2)), x1 = int(min(w, x0 + v)), and PIL
+    # fills the rectangle [x0, x1] inclusive. kekmodel's v = int(0.5 * 32); USB's v = uniform(0, 0.5) * 32.
+    if augment.variant == "fixmatch":
+        sides = torch.full((n,), float(int(0.5 * size)), dtype=torch.float64)
+    else:
+        sides = torch.rand(n, generator=generator, dtype=torch.float64) * 0.5 * size
+    centers_x = torch.rand(n, generator=generator, dtype=torch.float64) * w
+    centers_y = torch.rand(n, generator=generator, dtype=torch.float64) * h
+    left = (centers_x - sides / 2).clamp(min=0).floor()
+    top = (centers_y - sides / 2).clamp(min=0).floor()
+    right = torch.minimum(left + sides, torch.tensor(float(w))).floor() + 1
+    bottom = torch.minimum(top + sides, torch.tensor(float(h))).floor() + 1
+    return CutoutBoxes(top.long(), left.long(), bottom.long().clamp(max=h), right.long().clamp(max=w))
+
+
+def _cutout(images: torch.Tensor, boxes: CutoutBoxes, fill: tuple[int, ...] = (127, 127, 127)) -> torch.Tensor:
+    """Fill each image's box with `fill` (per channel). Returns a new uint8 tensor [n, C, H, W]."""
+    _, c, h, w = images.shape
     device = images.device
-    sides = sides.to(device).view(-1, 1)
-    top = centers_y.to(device).view(-1, 1) - sides // 2
-    left = centers_x.to(device).view(-1, 1) - sides // 2
     ys, xs = torch.arange(h, device=device), torch.arange(w, device=device)
-    rows = (ys >= top) & (ys < top + sides)  # [n, H]
-    cols = (xs >= left) & (xs < left + sides)  # [n, W]
-    return images.masked_fill(rows[:, None, :, None] & cols[:, None, None, :], _CUTOUT_FILL)
+    rows = (ys >= boxes.top.to(device).view(-1, 1)) & (ys < boxes.bottom.to(device).view(-1, 1))  # [n, H]
+    cols = (xs >= boxes.left.to(device).view(-1, 1)) & (xs < boxes.right.to(device).view(-1, 1))  # [n, W]
+    colour = torch.tensor(fill[:c] if c == len(fill) else fill[:1] * c, dtype=torch.uint8, device=device)
+    inside = rows[:, None, :, None] & cols[:, None, None, :]
+    return torch.where(inside, colour.view(1, c, 1, 1), images)
 
 
 def _check_inputs(images: torch.Tensor, generator: torch.Generator) -> None:
@@ -300,23 +382,16 @@ def weak_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
 
 
 def strong_augment(
-    images: torch.Tensor, generator: torch.Generator, variant: str = "fixmatch"
+    images: torch.Tensor, generator: torch.Generator, augment: StrongAugment | str = "fixmatch"
 ) -> torch.Tensor:
     """weak_augment, then RandAugment, then Cutout (see the module docstring for the variants).
 
+    augment: a StrongAugment, or a variant name with the other knobs at their defaults.
     images: uint8 [N, C, H, W] on any device -> new uint8 [N, C, H, W] on the same device.
     """
-    if variant not in STRONG_VARIANTS:
-        raise ValueError(f"unknown strong augmentation variant {variant!r}; expected one of "
-                         f"{STRONG_VARIANTS}")
-    fixmatch = variant == "fixmatch"
-    images = _rand_augment(weak_augment(images, generator), generator, fixmatch)
+    if isinstance(augment, str):
+        augment = StrongAugment(variant=augment)
+    images = _rand_augment(weak_augment(images, generator), generator, augment.variant == "fixmatch",
+                           float(augment.geometric_fill))
     n, _, h, w = images.shape
-    size = min(h, w)
-    if fixmatch:
-        sides = torch.full((n,), round(0.5 * size))
-    else:
-        sides = torch.round(torch.rand(n, generator=generator, dtype=torch.float64) * 0.5 * size).long()
-    centers_y = torch.randint(0, h, (n,), generator=generator)
-    centers_x = torch.randint(0, w, (n,), generator=generator)
-    return _cutout(images, centers_y, centers_x, sides)
+    return _cutout(images, draw_cutout(n, h, w, augment, generator), augment.cutout_fill)

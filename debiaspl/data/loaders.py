@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from debiaspl.data.augment import strong_augment, weak_augment
+from debiaspl.data.augment import StrongAugment, strong_augment, weak_augment
 from debiaspl.data.datasets import ImageSet
 
 _LABELED_STREAM, _UNLABELED_STREAM, _AUGMENT_STREAM = 1, 2, 3
@@ -100,7 +100,7 @@ def gather_batch(labeled: ImageSet, unlabeled: ImageSet, step: int, *, batch_siz
                             unlabeled.labels[idx_ulb], idx_ulb)
 
 
-def augment_batch(batch: UnaugmentedBatch, step: int, seed: int, strong_variant: str) -> TrainBatch:
+def augment_batch(batch: UnaugmentedBatch, step: int, seed: int, strong: StrongAugment | str) -> TrainBatch:
     """Weak view of x_lb; weak and strong views of x_ulb.
 
     Works wherever the images are (a loader worker's CPU or the training GPU) and gives the same
@@ -109,15 +109,15 @@ def augment_batch(batch: UnaugmentedBatch, step: int, seed: int, strong_variant:
     generator = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT_STREAM, step))
     x_lb = weak_augment(batch.x_lb, generator)
     x_ulb_weak = weak_augment(batch.x_ulb, generator)
-    x_ulb_strong = strong_augment(batch.x_ulb, generator, strong_variant)
+    x_ulb_strong = strong_augment(batch.x_ulb, generator, strong)
     return TrainBatch(x_lb, batch.y_lb, batch.idx_lb, x_ulb_weak, x_ulb_strong, batch.y_ulb, batch.idx_ulb)
 
 
 def make_train_batch(labeled: ImageSet, unlabeled: ImageSet, step: int, *, batch_size: int,
-                     unlabeled_ratio: int, seed: int, strong_variant: str | None) -> UnaugmentedBatch | TrainBatch:
-    """gather_batch, then augment_batch unless strong_variant is None (augmentation left to the trainer)."""
+                     unlabeled_ratio: int, seed: int, strong: StrongAugment | str | None) -> UnaugmentedBatch | TrainBatch:
+    """gather_batch, then augment_batch unless strong is None (augmentation left to the trainer)."""
     batch = gather_batch(labeled, unlabeled, step, batch_size=batch_size, unlabeled_ratio=unlabeled_ratio, seed=seed)
-    return batch if strong_variant is None else augment_batch(batch, step, seed, strong_variant)
+    return batch if strong is None else augment_batch(batch, step, seed, strong)
 
 
 class TrainBatches(IterableDataset):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from debiaspl.config import DataConfig
+from debiaspl.data.augment import StrongAugment
 from debiaspl.data.datasets import ImageSet, load_source
 from debiaspl.data.long_tail import long_tail_counts, split_labeled_unlabeled
 from debiaspl.errors import UserError
@@ -50,8 +51,7 @@ def prepare_data(config: DataConfig) -> TrainingData:
     source = load_source(config.dataset, config.root, config.download)
     num_classes = len(source.class_names)
     labeled_counts = long_tail_counts(config.num_labeled_head, config.labeled_imbalance, num_classes)
-    unlabeled_counts = (None if config.num_unlabeled_head == 0 else
-                        long_tail_counts(config.num_unlabeled_head, config.unlabeled_imbalance, num_classes))
+    unlabeled_counts = unlabeled_class_counts(config, num_classes)
     pool_labels = source.train.labels.numpy()
     try:
         idx_lb, idx_ulb = split_labeled_unlabeled(pool_labels, labeled_counts, unlabeled_counts, config.split_seed)
@@ -67,10 +67,23 @@ def prepare_data(config: DataConfig) -> TrainingData:
     labeled, unlabeled = source.train.subset(idx_lb), source.train.subset(idx_ulb)
     if labeled_labels is not None:
         labeled = ImageSet(labeled.images, torch.as_tensor(labeled_labels, dtype=torch.long), labeled.sample_ids)
-    mean, std = _channel_stats(torch.cat([labeled.images, unlabeled.images]))
+    mean, std = normalization_stats(config.normalization, torch.cat([labeled.images, unlabeled.images]))
     return TrainingData(labeled, unlabeled, source.test, source.class_names,
                         np.bincount(labeled.labels.numpy(), minlength=num_classes).tolist(),
                         np.bincount(unlabeled.labels.numpy(), minlength=num_classes).tolist(), mean, std)
+
+
+def unlabeled_class_counts(config: DataConfig, num_classes: int) -> list[int] | None:
+    """Unlabeled images per class [C] (None: all the pool's images not drawn as labeled).
+
+    M1 = data.num_unlabeled_head is the head class's count, except for a uniform set (gamma_u = 1)
+    under uniform_unlabeled_count "total", where it counts all classes together (USB's convention).
+    """
+    if config.num_unlabeled_head == 0:
+        return None
+    if config.unlabeled_imbalance == 1 and config.uniform_unlabeled_count == "total":
+        return [config.num_unlabeled_head // num_classes] * num_classes  # USB: int(ulb_num_labels / num_classes)
+    return long_tail_counts(config.num_unlabeled_head, config.unlabeled_imbalance, num_classes)
 
 
 def apply_label_file(path: Path, pool_ids: list[str], class_names: list[str], idx_lb: np.ndarray,
@@ -120,6 +133,36 @@ def read_label_file(path: Path, class_names: list[str]) -> dict[str, int]:
             raise UserError(f"data.label_file {path} line {line}: sample {sample_id!r} has {why}; "
                             f"fill in the label column or delete the row")
     return labels
+
+
+# Fixed per-channel (mean, std) in [0, 1] units, as the reference codebases hard-code them.
+NORMALIZATIONS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),  # kekmodel, DASO, ACR
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),      # USB, for CIFAR too
+    "minus_one_one": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),             # TensorFlow FixMatch: x / 127.5 - 1
+}
+# USB's Cutout fill is CIFAR-10's mean in 0..255, rounded.
+CUTOUT_FILLS = {"gray": (127, 127, 127), "cifar_mean": (125, 123, 114)}
+
+
+def strong_augmentation(config: DataConfig) -> StrongAugment:
+    """The strong view `data:` describes."""
+    return StrongAugment(variant=config.strong_augment, geometric_fill=config.geometric_fill,
+                         cutout_fill=CUTOUT_FILLS[config.cutout_fill], cutout_box=config.cutout_box)
+
+
+def normalization_stats(name: str, images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel for data.normalization `name`; "data" measures them on `images` uint8 [N, C, H, W]."""
+    if name == "data":
+        return _channel_stats(images)
+    mean, std = NORMALIZATIONS[name]
+    channels = images.shape[1]
+    if channels != len(mean):
+        if name != "minus_one_one":
+            raise UserError(f"data.normalization = {name}: its constants are for {len(mean)}-channel images, "
+                            f"these have {channels}; use data or minus_one_one")
+        mean, std = mean[:1] * channels, std[:1] * channels
+    return mean, std
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -9,14 +9,16 @@ from debiaspl.config import OptimConfig
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.SGD:
-    """Nesterov SGD; weight decay on weights only, not on biases and BatchNorm parameters."""
+    """Nesterov SGD; weight decay on weights only, not on biases and normalisation parameters, unless
+    `config.decay_norm_and_bias` (DASO decays everything)."""
     decay, no_decay = [], []
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
             is_norm = isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)
-            (no_decay if is_norm or name == "bias" else decay).append(param)
+            skip = (is_norm or name == "bias") and not config.decay_norm_and_bias
+            (no_decay if skip else decay).append(param)
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-from debiaspl.config import (EXECUTION_KEYS, ExperimentConfig, flatten, load_saved_config, replace_dotted, save_config,
-                             to_dict)
+from debiaspl.config import (EXECUTION_KEYS, ExperimentConfig, flatten, load_saved_config, protocol_deviations,
+                             replace_dotted, save_config, to_dict)
+from debiaspl.config.protocols import NO_PROTOCOL
 from debiaspl.data.datasets import check_source_available
 from debiaspl.data.prepare import prepare_data
 from debiaspl.device import resolve_device, use_bf16
@@ -104,6 +105,11 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     if config.train.deterministic:
         _use_deterministic_kernels()
     data = prepare_data(config.data)
+    deviations = protocol_deviations(config)
+    if config.protocol != NO_PROTOCOL:
+        say(f"protocol {config.protocol}" + (", except " + ", ".join(
+            f"{key} = {theirs} ({config.protocol}: {ours})" for key, (ours, theirs) in deviations.items())
+            if deviations else ""))
     if distributed.is_main:
         try:  # the folder is made only once the data loaded, so a mistake there leaves nothing behind
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +120,10 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
             raise UserError(f"cannot write the run folder {run_dir} (logging.run_dir / logging.run_name): {exc}") from None
         write_json(run_dir / RUN_INFO_NAME, {**data.summary(), "device": str(device),
                                              "processes": distributed.world_size,
-                                             "bf16_autocast": use_bf16(config.train.precision, device)})
+                                             "bf16_autocast": use_bf16(config.train.precision, device),
+                                             "protocol": config.protocol,
+                                             "protocol_deviations": {key: {"protocol": ours, "run": theirs}
+                                                                     for key, (ours, theirs) in deviations.items()}})
     say(f"labeled {data.labeled_counts} ({sum(data.labeled_counts)}), unlabeled {data.unlabeled_counts} "
         f"({sum(data.unlabeled_counts)}), test {len(data.test.labels)}"
         + (f"; {distributed.world_size} processes" if distributed.enabled else ""))

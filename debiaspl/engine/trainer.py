@@ -21,7 +21,7 @@ from tqdm import tqdm
 from debiaspl.algorithm import AlgorithmState, StepInputs, StepOutput
 from debiaspl.config import ExperimentConfig, to_dict
 from debiaspl.data.loaders import TrainBatch, UnaugmentedBatch, augment_batch, to_model_input, train_loader
-from debiaspl.data.prepare import TrainingData
+from debiaspl.data.prepare import TrainingData, strong_augmentation
 from debiaspl.device import use_bf16
 from debiaspl.engine.checkpoint import capture_rng_state, restore_rng_state
 from debiaspl.engine.distributed import Distributed
@@ -82,13 +82,16 @@ class Trainer:
         self.dist.check_divides("train.batch_size", config.train.batch_size)
         torch.manual_seed(config.train.seed)
         in_channels = data.image_shape[0]
-        self.model = build_model(config.model.name, data.num_classes, in_channels, config.model.dropout).to(device)
+        self.model = build_model(config.model.name, data.num_classes, in_channels, config.model.dropout,
+                                 config.model.wrn_variant).to(device)
         self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.bf16 = use_bf16(config.train.precision, device)
         self.augment_on_device = config.data.augment_on == "device" or (
             config.data.augment_on == "auto" and device.type == "cuda")
-        self.ema = ModelEMA(self.model, config.train.ema_decay, warmup=config.train.ema_warmup)
+        self.strong_augment = strong_augmentation(config.data)
+        self.ema = ModelEMA(self.model, config.train.ema_decay, warmup=config.train.ema_warmup,
+                            average_buffers=config.train.ema_buffers == "average")
         # wrap and compile after the EMA copy, so the EMA module stays a plain one for evaluation
         if self.dist.enabled and device.type == "cuda":  # per-process BatchNorm statistics would differ
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -181,7 +184,7 @@ class Trainer:
                             num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
                             batch_size=cfg.train.batch_size, unlabeled_ratio=cfg.train.unlabeled_ratio,
                             seed=cfg.train.seed,
-                            strong_variant=None if self.augment_on_device else cfg.data.strong_augment)
+                            strong=None if self.augment_on_device else self.strong_augment)
 
     def prepare_batch(self, step: int, batch: UnaugmentedBatch | TrainBatch) -> TrainBatch:
         """Copy to the device (asynchronously from pinned memory on CUDA), augmenting there if configured."""
@@ -189,7 +192,7 @@ class Trainer:
             batch = batch.map(self.dist.shard)
         batch = batch.map(lambda tensor: tensor.to(self.device, non_blocking=True))
         if self.augment_on_device:  # the global batch, so every process draws what one process would
-            batch = augment_batch(batch, step, self.config.train.seed, self.config.data.strong_augment).map(self.dist.shard)
+            batch = augment_batch(batch, step, self.config.train.seed, self.strong_augment).map(self.dist.shard)
         return batch
 
     def train_step(self, batch: TrainBatch) -> TrainedStep:

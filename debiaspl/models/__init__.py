@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from debiaspl.models.ema import ModelEMA
 from debiaspl.models.small_cnn import SmallCNN
-from debiaspl.models.wide_resnet import WideResNet
+from debiaspl.models.wide_resnet import WRN_VARIANTS, WideResNet
 
 
 @runtime_checkable
@@ -42,9 +42,11 @@ MODELS: dict[str, Callable[..., Classifier]] = {
 }
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, dropout: float = 0.0) -> nn.Module:
+def build_model(name: str, num_classes: int, in_channels: int = 3, dropout: float = 0.0,
+                wrn_variant: str = "default") -> nn.Module:
     """A freshly initialised `MODELS[name]` for `num_classes` classes and `in_channels` channels,
-    with dropout rate `dropout` before the classifier. Raises ValueError for an unknown name.
+    with dropout rate `dropout` before the classifier; a WideResNet is built as `wrn_variant` says
+    (WRN_VARIANTS), other networks have no variants. Raises ValueError for an unknown name.
     """
     if name not in MODELS:
         message = f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}"
@@ -52,7 +54,10 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, dropout: floa
         if close:
             message += f" (did you mean {close[0]!r}?)"
         raise ValueError(message)
-    return MODELS[name](num_classes=num_classes, in_channels=in_channels, dropout=dropout)
+    constructor = MODELS[name]
+    is_wrn = getattr(constructor, "func", constructor) is WideResNet
+    variant = {"variant": wrn_variant} if is_wrn else {}
+    return constructor(num_classes=num_classes, in_channels=in_channels, dropout=dropout, **variant)
 
 
-__all__ = ["MODELS", "Classifier", "ModelEMA", "SmallCNN", "WideResNet", "build_model"]
+__all__ = ["MODELS", "WRN_VARIANTS", "Classifier", "ModelEMA", "SmallCNN", "WideResNet", "build_model"]
