@@ -53,6 +53,9 @@ class StepInputs:
     logits_weak: torch.Tensor    # [N, C] unlabeled batch, weak view (N = mu * B); gets no gradient
     logits_strong: torch.Tensor  # [N, C] unlabeled batch, strong view
     idx_ulb: torch.Tensor        # [N] int64 indices into the unlabeled set
+    # [N] int64 a teacher's labels for the unlabeled batch, -1 where it has none (data.teacher_logits);
+    # they train the samples the mask leaves out (Algorithm.step)
+    teacher_labels: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from debiaspl.algorithm.debias import uniform_class_marginal, update_class_margi
 from debiaspl.algorithm.debiaspl import DEBIASPL
 from debiaspl.algorithm.fixmatch import FIXMATCH
 from debiaspl.algorithm.flexmatch import FLEXMATCH
-from debiaspl.algorithm.losses import masked_unlabeled_loss, supervised_loss
+from debiaspl.algorithm.losses import masked_unlabeled_loss, supervised_loss, teacher_fill_in_loss
 from debiaspl.algorithm.pseudo_labels import PseudoLabels
 
 # The registries: `algorithm.name` is a base's name, or BASE+LAYER.
@@ -83,7 +83,9 @@ class Algorithm:
 
         1. the base's pseudo-labels and mask from the weak view (debiased by the layer with q_hat from
            before this step); 2. q_hat updated from the raw weak softmax of the whole batch; 3. the
-        masked cross-entropy of the strong view (with the layer's margin from the updated q_hat).
+        masked cross-entropy of the strong view (with the layer's margin from the updated q_hat);
+        4. with teacher labels (the zero-shot setting), averaged with the teacher's cross-entropy on
+        the samples the mask leaves out (losses.teacher_fill_in_loss).
         """
         logits_weak = inputs.logits_weak.detach().float()
         probs_weak = torch.softmax(logits_weak, dim=-1)
@@ -98,6 +100,8 @@ class Algorithm:
                          if self.layer else inputs.logits_strong)
         loss_sup = supervised_loss(inputs.logits_lb, inputs.y_lb)
         loss_unsup = masked_unlabeled_loss(logits_strong, pseudo.labels, pseudo.mask)
+        if inputs.teacher_labels is not None:  # the zero-shot setting: a teacher fills in where the mask is 0
+            loss_unsup = teacher_fill_in_loss(logits_strong, loss_unsup, pseudo.mask, inputs.teacher_labels)
         return StepOutput(loss_sup + self.unlabeled_weight * loss_unsup, loss_sup, loss_unsup, probs_weak, pseudo.probs,
                           pseudo.labels, pseudo.mask, {**state, **base_state, "class_marginal": new_marginal})
 

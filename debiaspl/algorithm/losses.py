@@ -17,3 +17,17 @@ def masked_unlabeled_loss(logits_strong: torch.Tensor, pseudo_labels: torch.Tens
     """
     per_sample = F.cross_entropy(logits_strong.float(), pseudo_labels, reduction="none")
     return (per_sample * mask).mean()
+
+
+def teacher_fill_in_loss(logits_strong: torch.Tensor, unlabeled_loss: torch.Tensor, mask: torch.Tensor,
+                         teacher_labels: torch.Tensor) -> torch.Tensor:
+    """The official zero-shot script's unlabeled loss: the mean of the pseudo-label loss and of
+    the teacher's loss on the samples the mask leaves out: [N, C], scalar, [N], [N] -> scalar.
+
+    teacher_labels [N] is -1 where the teacher is not confident enough to fill in. As in
+    main_DebiasPL_ZeroShot.py, `(mask_clip - mask).ge(0.01)` selects the samples, the teacher's
+    cross-entropy sees the same (margin-adjusted) strong logits, and both terms are averaged.
+    """
+    fill = ((teacher_labels >= 0) & (mask <= 0)).float()
+    teacher_loss = masked_unlabeled_loss(logits_strong, teacher_labels.clamp(min=0), fill)
+    return (unlabeled_loss + teacher_loss) / 2

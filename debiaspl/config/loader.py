@@ -326,6 +326,8 @@ def _check_relations(config: ExperimentConfig, source: str) -> None:
     if abs(config.data.unlabeled_imbalance) < 1:
         raise ConfigError(f"{source}: data.unlabeled_imbalance = {config.data.unlabeled_imbalance!r}: must satisfy "
                           f"|gamma_u| >= 1 (1 = uniform, negative = reversed order)")
+    if config.data.teacher_logits and config.data.label_file:
+        raise ConfigError(f"{source}: data.teacher_logits and data.label_file both give labels; use one")
     device = config.train.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"{source}: train.device = {device!r}: must be auto, cpu, cuda or cuda:N")

@@ -37,6 +37,9 @@ class DataConfig:
     normalization: Literal["data", "cifar10", "imagenet", "minus_one_one"] = option("data", "input normalisation: data (mean and std of this run's labeled + unlabeled images), cifar10 (kekmodel's, DASO's and ACR's constants), imagenet (USB's, also for CIFAR) or minus_one_one (x / 127.5 - 1, TensorFlow FixMatch)")
     num_workers: int = option(0, "background processes that gather and augment batches (0: in the training process, which on few CPU cores is faster: a worker competes with the compute threads)", ge=0, execution=True)
     augment_on: Literal["auto", "loader", "device"] = option("auto", "where batches are augmented: in the loader (the training process, or its workers), or on the training device after the copy (auto: device on CUDA, loader on CPU); the result is the same", execution=True)
+    teacher_logits: str = option("", "an .npz of a teacher's logits for the train images (arrays sample_ids [N] and logits [N, C], classes in the dataset's order; e.g. CLIP's zero-shot ones): the images it is confident about become the labeled set with its labels, all others the unlabeled set, and its label trains an unlabeled image the student's mask leaves out, as in the official zero-shot script (the long-tailed split keys are then not used)")
+    teacher_threshold: float = option(0.95, "with teacher_logits: the teacher confidence (max softmax) from which an image joins the labeled set (the official CLIPPseudoLabel0.95.csv)", gt=0, le=1)
+    teacher_fill_threshold: float = option(0.3, "with teacher_logits: the teacher confidence from which its label trains an unlabeled image the student's mask leaves out (the official script's 0.3)", ge=0, le=1)
     label_file: str = option("", "CSV with columns sample_id,label (class name or index): these train-pool images join the labeled set with these labels, e.g. newly annotated ones from `debiaspl select` (a relative path is relative to the working directory)")
 
 

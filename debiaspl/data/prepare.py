@@ -17,7 +17,9 @@ from debiaspl.config import DataConfig
 from debiaspl.data.augment import StrongAugment
 from debiaspl.data.datasets import ImageSet, load_source
 from debiaspl.data.long_tail import long_tail_counts, split_labeled_unlabeled
+from debiaspl.data.teacher import TeacherPredictions, read_teacher_logits
 from debiaspl.errors import UserError
+from debiaspl.metrics.distribution import kl_divergence
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,12 @@ class TrainingData:
     class_names: list[str]
     labeled_counts: list[int]    # [C] of the training labels (the long-tailed draw, plus any data.label_file)
     unlabeled_counts: list[int]  # [C]
-    mean: tuple[float, ...]      # per channel, of the labeled + unlabeled images, in [0, 1] units
+    mean: tuple[float, ...]      # per channel, in [0, 1] units (data.normalization)
     std: tuple[float, ...]
+    # data.teacher_logits: [N_unlabeled] the teacher's label of each unlabeled image, -1 where it
+    # may not fill in; and what the teacher scored on the images, the baseline a student should beat
+    unlabeled_teacher_labels: torch.Tensor | None = None
+    teacher_summary: dict | None = None
 
     @property
     def num_classes(self) -> int:
@@ -44,7 +50,8 @@ class TrainingData:
         return {"class_names": self.class_names, "labeled_counts": self.labeled_counts,
                 "unlabeled_counts": self.unlabeled_counts, "num_labeled": sum(self.labeled_counts),
                 "num_unlabeled": sum(self.unlabeled_counts), "num_test": len(self.test.labels),
-                "image_shape": list(self.image_shape), "mean": list(self.mean), "std": list(self.std)}
+                "image_shape": list(self.image_shape), "mean": list(self.mean), "std": list(self.std),
+                **({"teacher": self.teacher_summary} if self.teacher_summary else {})}
 
 
 def prepare_data(config: DataConfig) -> TrainingData:
@@ -53,14 +60,27 @@ def prepare_data(config: DataConfig) -> TrainingData:
     labeled_counts = long_tail_counts(config.num_labeled_head, config.labeled_imbalance, num_classes)
     unlabeled_counts = unlabeled_class_counts(config, num_classes)
     pool_labels = source.train.labels.numpy()
-    try:
-        idx_lb, idx_ulb = split_labeled_unlabeled(pool_labels, labeled_counts, unlabeled_counts, config.split_seed)
-    except ValueError as exc:
-        available = np.bincount(pool_labels, minlength=num_classes)
-        raise UserError(f"data.num_labeled_head={config.num_labeled_head} / data.num_unlabeled_head="
-                        f"{config.num_unlabeled_head} ask for more images than {config.dataset} has: {exc} "
-                        f"(train images per class: {available.tolist()})") from None
-    labeled_labels = None
+    labeled_labels = teacher_labels = teacher_summary = None
+    if config.teacher_logits:
+        teacher = read_teacher_logits(Path(config.teacher_logits), source.train.sample_ids, source.class_names)
+        idx_lb, idx_ulb = teacher.split(config.teacher_threshold)
+        if len(idx_lb) == 0 or len(idx_ulb) == 0:
+            raise UserError(f"data.teacher_threshold = {config.teacher_threshold}: {len(idx_lb)} of the "
+                            f"{len(pool_labels)} train images reach it, leaving no "
+                            f"{'labeled' if len(idx_lb) == 0 else 'unlabeled'} set (teacher confidence "
+                            f"ranges {teacher.confidence.min():.3f}..{teacher.confidence.max():.3f})")
+        labeled_labels = teacher.labels[torch.as_tensor(idx_lb)].numpy()
+        teacher_labels = teacher.fill_in_labels(idx_ulb, config.teacher_fill_threshold)
+        teacher_summary = summarize_teacher(teacher, pool_labels, idx_lb, idx_ulb, num_classes,
+                                            config.teacher_fill_threshold)
+    else:
+        try:
+            idx_lb, idx_ulb = split_labeled_unlabeled(pool_labels, labeled_counts, unlabeled_counts, config.split_seed)
+        except ValueError as exc:
+            available = np.bincount(pool_labels, minlength=num_classes)
+            raise UserError(f"data.num_labeled_head={config.num_labeled_head} / data.num_unlabeled_head="
+                            f"{config.num_unlabeled_head} ask for more images than {config.dataset} has: {exc} "
+                            f"(train images per class: {available.tolist()})") from None
     if config.label_file:
         idx_lb, idx_ulb, labeled_labels = apply_label_file(Path(config.label_file), source.train.sample_ids,
                                                            source.class_names, idx_lb, idx_ulb, pool_labels)
@@ -70,7 +90,21 @@ def prepare_data(config: DataConfig) -> TrainingData:
     mean, std = normalization_stats(config.normalization, torch.cat([labeled.images, unlabeled.images]))
     return TrainingData(labeled, unlabeled, source.test, source.class_names,
                         np.bincount(labeled.labels.numpy(), minlength=num_classes).tolist(),
-                        np.bincount(unlabeled.labels.numpy(), minlength=num_classes).tolist(), mean, std)
+                        np.bincount(unlabeled.labels.numpy(), minlength=num_classes).tolist(), mean, std,
+                        teacher_labels, teacher_summary)
+
+
+def summarize_teacher(teacher: TeacherPredictions, pool_labels: np.ndarray, idx_lb: np.ndarray, idx_ulb: np.ndarray,
+                      num_classes: int, fill_threshold: float) -> dict:
+    """How good the teacher's labels are (against the pool's true labels): the numbers a student should beat."""
+    truth = torch.as_tensor(pool_labels)
+    lb, ulb = torch.as_tensor(idx_lb), torch.as_tensor(idx_ulb)
+    predicted, true_ulb = teacher.labels[ulb], truth[ulb]
+    return {"labeled_accuracy": (teacher.labels[lb] == truth[lb]).double().mean().item(),
+            "unlabeled_accuracy": (predicted == true_ulb).double().mean().item(),
+            "unlabeled_kl_to_true": kl_divergence(torch.bincount(predicted, minlength=num_classes),
+                                                  torch.bincount(true_ulb, minlength=num_classes)),
+            "fill_in_fraction": (teacher.confidence[ulb] >= fill_threshold).double().mean().item()}
 
 
 def unlabeled_class_counts(config: DataConfig, num_classes: int) -> list[int] | None:

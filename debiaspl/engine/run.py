@@ -127,6 +127,11 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     say(f"labeled {data.labeled_counts} ({sum(data.labeled_counts)}), unlabeled {data.unlabeled_counts} "
         f"({sum(data.unlabeled_counts)}), test {len(data.test.labels)}"
         + (f"; {distributed.world_size} processes" if distributed.enabled else ""))
+    if data.teacher_summary:
+        teacher = data.teacher_summary
+        say(f"teacher {config.data.teacher_logits}: labels the labeled set with accuracy {teacher['labeled_accuracy']:.4f}; "
+            f"on the unlabeled set accuracy {teacher['unlabeled_accuracy']:.4f}, class-histogram KL to the truth "
+            f"{teacher['unlabeled_kl_to_true']:.4f}, may fill in for {teacher['fill_in_fraction']:.1%}")
 
     trainer = Trainer(config, data, device, distributed=distributed)
     if state is not None:

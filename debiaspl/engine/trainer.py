@@ -111,6 +111,7 @@ class Trainer:
         self.step = 0
         self.mean = torch.tensor(data.mean, device=device)
         self.std = torch.tensor(data.std, device=device)
+        self.teacher_labels = None if data.unlabeled_teacher_labels is None else data.unlabeled_teacher_labels.to(device)
         self.records_features = any(HOOKS[hook.name].needs_features for hook in config.hooks)
 
     # -- the loop --------------------------------------------------------------------------------
@@ -200,7 +201,9 @@ class Trainer:
         timer = self.timer
         with timer.section("forward"), torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
             forward = self._forward(batch)
-            inputs = StepInputs(forward.logits_lb, batch.y_lb, forward.logits_weak, forward.logits_strong, batch.idx_ulb)
+            teacher_labels = None if self.teacher_labels is None else self.teacher_labels[batch.idx_ulb]
+            inputs = StepInputs(forward.logits_lb, batch.y_lb, forward.logits_weak, forward.logits_strong, batch.idx_ulb,
+                                teacher_labels)
             # the distributed context gives the step the whole batch's q_hat update and per-sample state
             result = self.algorithm.step(inputs, self.algorithm_state, self.dist)
         with timer.section("backward"):
