@@ -295,11 +295,13 @@ def test_pil_cutout_boxes_match_cutout_abs(variant):
     augment = A.StrongAugment(variant=variant, cutout_box="pil")
     n = 400
     boxes = A.draw_cutout(n, 32, 32, augment, _gen(3))
-    # Replay the draws: sides (usb only), then centre x, then centre y.
+    # Replay the draws: sides (usb only), then centre x, then centre y, as numpy would turn the same
+    # uniforms into np.random.uniform(0, w) (kekmodel) or np.random.uniform(w) = uniform(low=w, high=1) (USB).
     g = _gen(3)
     sides = [16.0] * n if variant == "fixmatch" else (torch.rand(n, generator=g, dtype=torch.float64) * 16).tolist()
-    cx = (torch.rand(n, generator=g, dtype=torch.float64) * 32).tolist()
-    cy = (torch.rand(n, generator=g, dtype=torch.float64) * 32).tolist()
+    units = torch.rand(n, generator=g, dtype=torch.float64), torch.rand(n, generator=g, dtype=torch.float64)
+    low, high = (0.0, 32.0) if variant == "fixmatch" else (32.0, 1.0)
+    cx, cy = ((low + (high - low) * u).tolist() for u in units)  # numpy's uniform(low, high)
     for i in range(n):
         got = {(r, c) for r in range(boxes.top[i], boxes.bottom[i]) for c in range(boxes.left[i], boxes.right[i])}
         assert got == _cutout_abs_reference(32, 32, sides[i], cx[i], cy[i]), i

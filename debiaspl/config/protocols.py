@@ -91,7 +91,7 @@ PROTOCOLS: dict[str, Protocol] = {
         # (core/algorithmbase.py:529-538) and hard-codes tau = 0.4 (imb_algorithms/debiaspl/utils.py:17).
         with_layer={"debiaspl": {"optim.schedule": "constant", "algorithm.debiaspl.tau": 0.4,
                                  "algorithm.marginal_momentum": 0.999}},
-        reports="best-so-far top-1 of the EMA model on the test set (core/hooks/evaluation.py:92-102)",
+        reports="best-so-far top-1 of the EMA model on the test set (core/hooks/evaluation.py:21-31)",
         unmatched=("its DebiasPL is a no-op at this commit: p_hat is updated with probs.mean(), a scalar, so it stays "
                    "uniform (imb_algorithms/debiaspl/debiaspl.py:52-54); ours updates q_hat as the paper does",)),
     "daso": Protocol(

@@ -320,13 +320,18 @@ def draw_cutout(n: int, h: int, w: int, augment: StrongAugment, generator: torch
         left = torch.randint(0, w, (n,), generator=generator) - sides // 2
         return CutoutBoxes(top.clamp(min=0), left.clamp(min=0), (top + sides).clamp(max=h), (left + sides).clamp(max=w))
     # CutoutAbs(img, v): x0 = int(max(0, uniform(0, w) - v / 2)), x1 = int(min(w, x0 + v)), and PIL
-    # fills the rectangle [x0, x1] inclusive. kekmodel's v = int(0.5 * 32); USB's v = uniform(0, 0.5) * 32.
+    # fills the rectangle [x0, x1] inclusive. kekmodel's v = int(0.5 * 32); USB's v = uniform(0, 0.5) * 32,
+    # and USB draws the centre with np.random.uniform(w), i.e. low = w, high = 1: w - (w - 1) * U on (1, w].
     if augment.variant == "fixmatch":
         sides = torch.full((n,), float(int(0.5 * size)), dtype=torch.float64)
     else:
         sides = torch.rand(n, generator=generator, dtype=torch.float64) * 0.5 * size
-    centers_x = torch.rand(n, generator=generator, dtype=torch.float64) * w
-    centers_y = torch.rand(n, generator=generator, dtype=torch.float64) * h
+    units_x = torch.rand(n, generator=generator, dtype=torch.float64)
+    units_y = torch.rand(n, generator=generator, dtype=torch.float64)
+    if augment.variant == "fixmatch":
+        centers_x, centers_y = units_x * w, units_y * h
+    else:
+        centers_x, centers_y = w - (w - 1) * units_x, h - (h - 1) * units_y
     left = (centers_x - sides / 2).clamp(min=0).floor()
     top = (centers_y - sides / 2).clamp(min=0).floor()
     right = torch.minimum(left + sides, torch.tensor(float(w))).floor() + 1
