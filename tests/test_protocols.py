@@ -95,8 +95,10 @@ def test_file_keys_win_and_deviations_are_listed(tmp_path):
         load_experiment(path, ["protocol=dasso"])
 
 
-@pytest.mark.parametrize("protocol,algorithm", [("usb", "fixmatch+debiaspl"), ("kekmodel", "fixmatch")])
-def test_lr_curve_of_a_short_run_and_the_folder_records_the_protocol(tmp_path, protocol, algorithm):
+@pytest.mark.parametrize("protocol,algorithm,schedule", [
+    ("usb", "fixmatch+debiaspl", "constant"), ("usb", "fixmatch", "cosine"), ("kekmodel", "fixmatch", "cosine"),
+    ("daso", "fixmatch+debiaspl", "constant"), ("acr", "flexmatch", "cosine")])
+def test_lr_curve_of_a_short_run_and_the_folder_records_the_protocol(tmp_path, protocol, algorithm, schedule):
     raw = {"protocol": protocol, "data": {"dataset": "digits", "num_labeled_head": 20, "labeled_imbalance": 5,
                                           "num_unlabeled_head": 40, "unlabeled_imbalance": 5, "normalization": "data"},
            "model": {"name": "small_cnn"}, "algorithm": {"name": algorithm},
@@ -113,9 +115,9 @@ def test_lr_curve_of_a_short_run_and_the_folder_records_the_protocol(tmp_path, p
         if "train/lr" in entry:
             lrs[entry["step"]] = entry["train/lr"]
     assert len(lrs) == 16
-    if protocol == "usb":  # constant under the imbalanced wrapper
+    if schedule == "constant":  # DASO, and USB under its imbalanced wrapper
         assert all(lr == pytest.approx(0.03) for lr in lrs.values())
-    else:  # kekmodel: 0.03 cos(7 pi t / 16 T), t the steps done before this one
+    else:  # 0.03 cos(7 pi t / 16 T), t the steps done before this one
         for step, lr in lrs.items():
             assert lr == pytest.approx(0.03 * math.cos(7 * math.pi * (step - 1) / (16 * 16))), step
     info = json.loads((folder / RUN_INFO_NAME).read_text())

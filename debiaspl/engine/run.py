@@ -140,6 +140,11 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     log = RunLog(run_dir, resume_step=trainer.step) if distributed.is_main else NullLog()
     if state is None:
         log.text("data/split", _split_table(data.class_names, data.labeled_counts, data.unlabeled_counts))
+        if config.protocol != NO_PROTOCOL:
+            rows = "".join(f"| {key} | {theirs} | {ours} |\n" for key, (ours, theirs) in deviations.items())
+            log.text("config/protocol", f"protocol **{config.protocol}**" + (
+                f", except:\n\n| setting | this run | {config.protocol} |\n|---|---|---|\n{rows}" if rows else
+                ", with no departures"))
     started = time.perf_counter()
     try:
         metrics = trainer.fit(log, run_dir, until_step)
