@@ -323,6 +323,11 @@ def test_hooks_write_tensorboard_tags_and_resume(tiny):
                 "cartography/unlabeled/data_map", "cartography/unlabeled_before_debiasing/data_map",
                 "uncertainty/after_debiasing/reliability"):
         assert tag in tags["images"], tag
+    # one Custom Scalars layout holds every hook's category (TensorBoard shows the last one written)
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+    layouts = events.Tensors(metadata.CONFIG_SUMMARY_TAG)
+    last = layout_pb2.Layout.FromString(layouts[-1].tensor_proto.string_val[0])
+    assert {category.title for category in last.category} == {"drift", "uncertainty"}
     # the resumed run continues the hooks' curves and files exactly
     assert (run_dir / "influence/self_influence_online.csv").read_text() == \
         (run_folder(paused) / "influence/self_influence_online.csv").read_text()

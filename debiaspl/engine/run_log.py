@@ -25,6 +25,7 @@ class RunLog:
         # Events at resume_step itself were written before that checkpoint and stay.
         self.writer = SummaryWriter(str(run_dir), purge_step=resume_step + 1)
         self._metrics_file = open(self.metrics_path, "a")
+        self._layout: dict[str, dict] = {}  # the Custom Scalars layout written so far
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """One TensorBoard scalar per tag (`group/name`) and one metrics.jsonl line for the lot."""
@@ -53,8 +54,14 @@ class RunLog:
         self.writer.add_figure(tag, figure, step, close=True)
 
     def custom_scalars(self, layout: dict) -> None:
-        """TensorBoard's Custom Scalars layout: several tags' curves on one chart."""
-        self.writer.add_custom_scalars(layout)
+        """Add categories to TensorBoard's Custom Scalars layout (several tags' curves on one chart).
+
+        TensorBoard shows one layout per run, the last written, so each call writes the merge of
+        every category given so far: hooks each add their own without hiding the others'.
+        """
+        for category, charts in layout.items():
+            self._layout.setdefault(category, {}).update(charts)
+        self.writer.add_custom_scalars(self._layout)
 
     def close(self) -> None:
         self.writer.close()
