@@ -294,6 +294,12 @@ def test_hooks_leave_the_weights_bit_identical(tiny):
     assert torch.equal(a["algorithm"]["class_marginal"], b["algorithm"]["class_marginal"])
 
 
+def _read_csv(path):
+    import csv
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def _raw(config):
     from debiaspl.config import to_dict
     return to_dict(config)
@@ -323,6 +329,24 @@ def test_hooks_write_tensorboard_tags_and_resume(tiny):
                 "cartography/unlabeled/data_map", "cartography/unlabeled_before_debiasing/data_map",
                 "uncertainty/after_debiasing/reliability"):
         assert tag in tags["images"], tag
+    # the end-of-training galleries: in TensorBoard, and as PNG + CSV whose tiles are the rankings' heads
+    for tag in ("cartography/labeled/gallery", "cartography/unlabeled/gallery", "uncertainty/gallery",
+                "influence/self_influence_gallery"):
+        assert tag in tags["images"], tag
+    gallery = _read_csv(run_dir / "cartography/unlabeled/gallery.csv")
+    hard = [row["sample_id"] for row in _read_csv(run_dir / "cartography/unlabeled/hard_to_learn.csv")]
+    assert [row["sample_id"] for row in gallery if row["row"] == "hard-to-learn"] == hard[:8]
+    assert {row["row"] for row in gallery} == {"easy-to-learn", "ambiguous", "hard-to-learn"}
+    assert all(row["label"] in "0123456789" and row["pseudo_label"] in "0123456789" and row["pseudo_label"] for row in gallery)
+    influence = _read_csv(run_dir / "influence/self_influence_online_gallery.csv")
+    ranking = _read_csv(run_dir / "influence/self_influence_online.csv")
+    assert [(r["sample_id"], r["label"]) for r in influence] == [(r["sample_id"], r["label"]) for r in ranking[:16]]
+    uncertain = _read_csv(run_dir / "uncertainty/gallery.csv")
+    top = [float(r["score"]) for r in uncertain if r["row"] == "most uncertain pseudo-labels"]
+    assert len(top) == 10 and top == sorted(top, reverse=True)
+    assert all(r["label"] != r["pseudo_label"] for r in uncertain if r["row"] == "most confident wrong pseudo-labels")
+    for name in ("cartography/unlabeled/gallery.csv", "uncertainty/gallery.csv", "influence/self_influence_online_gallery.csv"):
+        assert (run_dir / name).read_text() == (run_folder(paused) / name).read_text(), name
     # one Custom Scalars layout holds every hook's category (TensorBoard shows the last one written)
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
     layouts = events.Tensors(metadata.CONFIG_SUMMARY_TAG)

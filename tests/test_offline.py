@@ -240,3 +240,39 @@ def test_offline_mistakes_are_one_line_errors(trained, tmp_path):
         proc = debiaspl(*args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
+
+
+def test_galleries_of_the_offline_rankings(trained):
+    from debiaspl.analysis.evaluate_run import evaluate_run
+    from debiaspl.analysis.select_run import select_samples
+
+    run = load_run(trained)
+    names = run.data.class_names
+    evaluate_run(run, mc_passes=3, ood_classes=("8", "9"))
+    predictions = read_csv(trained / "eval/predictions.csv")
+    gallery = read_csv(trained / "eval/uncertain_gallery.csv")
+    by_entropy = sorted(predictions, key=lambda row: -float(row["normalized_entropy"]))[:10]
+    shown = [row for row in gallery if row["row"] == "highest normalized entropy"]
+    assert [row["sample_id"] for row in shown] == [row["sample_id"] for row in by_entropy]
+    assert [(row["label"], row["pseudo_label"]) for row in shown] == \
+        [(names[int(row["label"])], names[int(row["prediction"])]) for row in by_entropy]
+    assert len([row for row in gallery if row["row"] == "highest BALD (mutual information)"]) == 10
+    ood = read_csv(trained / "eval/ood_classes_8_9_gallery.csv")
+    assert {row["row"] for row in ood} == {f"{score}: {what}" for score in ("msp", "max_logit", "energy", "entropy",
+                                                                          "mutual_information")
+                                         for what in ("OOD images scored most in-distribution", "test images scored most OOD")}
+    for image in ("eval/uncertain_gallery.png", "eval/ood_classes_8_9_gallery.png"):
+        assert (trained / image).stat().st_size > 10_000
+
+    self_influence(run, split="unlabeled")
+    ranking = read_csv(trained / "influence/self_influence_unlabeled.csv")
+    gallery = read_csv(trained / "influence/self_influence_unlabeled_gallery.csv")
+    assert [(row["sample_id"], row["pseudo_label"]) for row in gallery] == \
+        [(row["sample_id"], row["pseudo_label"]) for row in ranking[:16]]
+    assert all(row["label"] in names for row in gallery)  # the hidden truth, beside the pseudo-label
+
+    path = select_samples(run, "margin", 12, oracle=True)
+    picks, gallery = read_csv(path), read_csv(path.with_name(path.stem + "_gallery.csv"))
+    assert [(row["sample_id"], row["pseudo_label"], row["label"]) for row in gallery] == \
+        [(row["sample_id"], row["predicted"], row["label"]) for row in picks]
+    assert [row["row"] for row in gallery] == ["picks 1-10"] * 10 + ["picks 11-12"] * 2

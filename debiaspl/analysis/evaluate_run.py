@@ -17,12 +17,16 @@ from debiaspl.metrics.classification import classification_metrics
 from debiaspl.metrics.ood import detection_metrics, ood_scores, score_histogram_figure
 from debiaspl.metrics.plots import reliability_diagram_figure, save_figure
 from debiaspl.files import write_csv, write_json
+from debiaspl.metrics.gallery import GalleryRow, entries_from, write_gallery
 from debiaspl.metrics.predictive import MCDropoutAccumulator, brier_score, negative_log_likelihood
 from debiaspl.metrics.uncertainty import (calibration_update, expected_calibration_error, normalized_entropy)
 from debiaspl.data.datasets import IMAGE_SUFFIXES, ImageSet, load_source
 from debiaspl.errors import UserError
 
 CALIBRATION_BINS = 15
+
+
+GALLERY_SIZE = 10  # images per gallery row
 
 
 def evaluate_run(run: LoadedRun, *, mc_passes: int = 0, ood_specs: tuple[str, ...] = (),
@@ -72,6 +76,15 @@ def evaluate_run(run: LoadedRun, *, mc_passes: int = 0, ood_specs: tuple[str, ..
         metrics["mc_dropout"] = {"passes": mc_passes, **{f"mean_{key}": float(value.mean()) for key, value in
                                  mc["test"].items() if value.dim() == 1 and value.is_floating_point()}}
     write_csv(out / "predictions.csv", columns)
+    uncertainty = {"normalized entropy": normalized_entropy(probs)}
+    if mc:
+        uncertainty["BALD (mutual information)"] = mc["test"]["mutual_information"]
+    rows = [GalleryRow(f"highest {name}", entries_from(test.images, torch.argsort(values, descending=True, stable=True)[:GALLERY_SIZE],
+                                                     test.sample_ids, run.data.class_names, labels=test.labels,
+                                                     pseudo_labels=predicted, scores=values, score_name=name.split(" ")[0]))
+            for name, values in uncertainty.items()]
+    write_gallery(out / "uncertain_gallery", rows, f"{run.run_dir.name}: the most uncertain test images "
+                  f"(label: the truth; pseudo: the prediction), step {run.step}")
     if out_sets:
         # the whole test set is the in-distribution set unless --ood-classes split it: reuse its passes then
         reused = (logits, mc["test"]["mutual_information"] if mc else None) if in_set is test else None
@@ -99,7 +112,26 @@ def _ood(run: LoadedRun, in_set: ImageSet, out_sets: dict[str, ImageSet], reused
                         **{score: detection_metrics(scores_in[score], scores_out[score]) for score in scores_in}}
         save_figure(score_histogram_figure(scores_in, scores_out, f"{run.run_dir.name}: in-distribution test vs {name}"),
                     out / f"ood_{name}.png")
+        write_ood_gallery(run, in_set, images, in_logits, out_logits, scores_in, scores_out, out / f"ood_{name}_gallery")
     return report
+
+
+def write_ood_gallery(run: LoadedRun, in_set: ImageSet, out_set: ImageSet, in_logits: torch.Tensor,
+                      out_logits: torch.Tensor, scores_in: dict, scores_out: dict, path: Path) -> None:
+    """Where each score errs: the OOD images it finds most in-distribution, the test images it finds most OOD."""
+    names = run.data.class_names
+    rows = []
+    for score in scores_in:
+        out_order = torch.argsort(scores_out[score], stable=True)[:GALLERY_SIZE]  # lowest: looks in-distribution
+        in_order = torch.argsort(scores_in[score], descending=True, stable=True)[:GALLERY_SIZE]
+        rows += [GalleryRow(f"{score}: OOD images scored most in-distribution",
+                            entries_from(out_set.images, out_order, out_set.sample_ids, names,
+                                         pseudo_labels=out_logits.argmax(dim=1), scores=scores_out[score], score_name=score)),
+                 GalleryRow(f"{score}: test images scored most OOD",
+                            entries_from(in_set.images, in_order, in_set.sample_ids, names, labels=in_set.labels,
+                                         pseudo_labels=in_logits.argmax(dim=1), scores=scores_in[score], score_name=score))]
+    write_gallery(path, rows, f"{run.run_dir.name}: the hardest cases of each OOD score (higher = more OOD; "
+                              f"pseudo: the prediction)")
 
 
 def _logits(run: LoadedRun, images: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from debiaspl.inference import predict_logits
+from debiaspl.metrics.gallery import GalleryRow, entries_from, write_gallery
 from debiaspl.metrics.influence import last_layer_self_influence
 from debiaspl.analysis.load_run import LoadedRun, load_snapshot
 from debiaspl.files import write_csv
@@ -26,14 +27,15 @@ from debiaspl.run_folder import list_snapshots
 
 
 def self_influence(run: LoadedRun, *, split: str = "labeled", layers: tuple[str, ...] = (),
-                   batch_size: int = 256, write: bool = True) -> dict[str, torch.Tensor]:
+                   batch_size: int = 256, write: bool = True, gallery_size: int = 16) -> dict[str, torch.Tensor]:
     """Per-sample self-influence summed over the run's snapshots.
 
     split "labeled": the training labels; "unlabeled": the pseudo-label the run's algorithm would train
     on at each snapshot (under DebiasPL the debiased argmax, with the adaptive margin in the loss).
     Returns last_layer [N], full_gradient [N] when `layers` names parameter prefixes, loss [N] under the
     run's own (EMA) weights, and writes
-    influence/self_influence_<split>.csv. The run's weights are restored afterwards.
+    influence/self_influence_<split>.csv and a gallery of the `gallery_size` most self-influential
+    images beside it (_gallery.png / .csv). The run's weights are restored afterwards.
     """
     snapshots = list_snapshots(run.run_dir)
     if not snapshots:
@@ -74,7 +76,24 @@ def self_influence(run: LoadedRun, *, split: str = "labeled", layers: tuple[str,
                    "label" if split == "labeled" else "pseudo_label": [names[int(labels[i])] for i in order],
                    **{key: value[order].tolist() for key, value in result.items()}}
         write_csv(output_path(run.run_dir, split), columns)
+        if gallery_size:
+            write_influence_gallery(run, split, images, labels, total, order[:gallery_size])
     return result
+
+
+def write_influence_gallery(run: LoadedRun, split: str, images, labels: torch.Tensor, scores: torch.Tensor,
+                            order: torch.Tensor) -> None:
+    """The top of the ranking as images: labeled with its label; unlabeled with the hidden truth and pseudo-label."""
+    names, half = run.data.class_names, (len(order) + 1) // 2
+    truth = images.labels
+    rows = [GalleryRow(f"ranks {start + 1}-{start + len(part)}",
+                       entries_from(images.images, part, images.sample_ids, names, labels=truth,
+                                    pseudo_labels=None if split == "labeled" else labels, scores=scores,
+                                    score_name="self-influence"))
+            for start, part in ((0, order[:half]), (half, order[half:])) if len(part)]
+    what = "label: the training label" if split == "labeled" else "label: hidden truth; pseudo: the run's pseudo-label"
+    write_gallery(output_path(run.run_dir, split).with_name(f"self_influence_{split}_gallery"), rows,
+                  f"most self-influential {split} images over the snapshots ({what})")
 
 
 def _parameter_names(model: torch.nn.Module, prefixes: tuple[str, ...]) -> list[str]:

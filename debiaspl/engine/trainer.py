@@ -256,7 +256,8 @@ class Trainer:
             unlabeled_labels=data.unlabeled.labels.to(self.device, copy=True), labeled_counts=data.labeled_counts,
             unlabeled_counts=data.unlabeled_counts, batch_size=cfg.train.batch_size,
             unlabeled_batch_size=cfg.train.batch_size * cfg.train.unlabeled_ratio, total_steps=cfg.train.steps,
-            start_step=self.step, algorithm=self.algorithm.name, debiased=self.algorithm.debiases, device=self.device)
+            start_step=self.step, algorithm=self.algorithm.name, debiased=self.algorithm.debiases, device=self.device,
+            labeled_images=data.labeled.images, unlabeled_images=data.unlabeled.images)
 
     def _step_record(self, batch: TrainBatch, trained: TrainedStep, marginal_before: torch.Tensor) -> StepRecord:
         forward, result = trained.forward, trained.result

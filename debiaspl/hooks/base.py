@@ -46,6 +46,9 @@ class RunContext:
     algorithm: str                    # algorithm.name, e.g. "fixmatch" or "flexmatch+debiaspl"
     debiased: bool                    # pseudo-labels come from debiased logits, not the raw weak view
     device: torch.device
+    # [N, C, H, W] uint8 on the CPU, un-augmented, for the galleries hooks draw (None: no galleries)
+    labeled_images: torch.Tensor | None = None
+    unlabeled_images: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from debiaspl.metrics.cartography import region_of, td_metrics_records, top_k, training_dynamics_metrics
+from debiaspl.metrics.gallery import GalleryRow, entries_from, write_gallery
 from debiaspl.metrics.plots import data_map_figure, save_figure
 from debiaspl.files import write_csv, write_text
 from debiaspl.options import option
@@ -31,6 +32,7 @@ class CartographyOptions:
     unlabeled: bool = option(True, "map the unlabeled set (target: the pseudo-label; right = equals the hidden label)")
     figure_interval: int = option(5000, "write data maps, td_metrics.jsonl and top-k CSVs every this many steps (and at the end)", ge=1)
     top_k: int = option(100, "rows of the ambiguous / hard-to-learn CSV files", ge=1)
+    gallery_size: int = option(8, "images per region (easy-to-learn, ambiguous, hard-to-learn) in the galleries drawn at the end of training (0: none)", ge=0)
     export_allenai: bool = option(False, "also write allenai/cartography's training_dynamics/dynamics_epoch_N.jsonl (logits of every sample every epoch: large for long runs)")
 
 
@@ -188,7 +190,34 @@ class CartographyHook(Hook):
 
     def on_train_end(self, step: int) -> None:
         # A pause writes the files but adds no TensorBoard points an uninterrupted run would not have.
-        self.write_outputs(step, to_tensorboard=step == self.context.total_steps)
+        finished = step == self.context.total_steps
+        self.write_outputs(step, to_tensorboard=finished)
+        if finished and self.options.gallery_size:
+            self.write_galleries(step)
+
+    def write_galleries(self, step: int) -> None:
+        """The images most typical of each region of each map, with label, pseudo-label and the region's measure."""
+        context = self.context
+        for name, dynamics in self.maps.items():
+            complete = dynamics.epochs_complete(step)
+            images = context.labeled_images if name == "labeled" else context.unlabeled_images
+            if complete == 0 or images is None:
+                continue
+            metrics = training_dynamics_metrics(dynamics.target_prob[:, :complete].cpu().float(),
+                                                dynamics.correct[:, :complete].cpu())
+            pseudo = dynamics.last_label.cpu() if dynamics.last_label is not None else None
+            rows = []
+            for region, measure in (("easy-to-learn", "confidence"), ("ambiguous", "variability"),
+                                    ("hard-to-learn", "confidence")):
+                order = top_k(region, metrics, self.options.gallery_size)
+                order = [int(i) for i in order if metrics["epochs_observed"][int(i)] > 0]
+                rows.append(GalleryRow(region, entries_from(images, order, dynamics.ids, context.class_names,
+                                                            labels=dynamics.labels.cpu(), pseudo_labels=pseudo,
+                                                            scores=metrics[measure], score_name=measure)))
+            what = "given labels" if name == "labeled" else "label: hidden truth; pseudo: the last pseudo-label"
+            figure = write_gallery(context.run_dir / "cartography" / name / "gallery", rows,
+                                   f"{name}: the samples most typical of each region after {complete} epochs ({what})")
+            context.log.figure(f"cartography/{name}/gallery", figure, step)
 
     def write_outputs(self, step: int, to_tensorboard: bool = True) -> None:
         """Data maps (PNG, and TensorBoard), td_metrics.jsonl, top-k CSVs and region shares of every map.

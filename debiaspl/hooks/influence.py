@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from debiaspl.metrics.gallery import GalleryRow, entries_from, write_gallery
 from debiaspl.metrics.influence import last_layer_self_influence
 from debiaspl.files import write_csv
 from debiaspl.options import option
@@ -23,6 +24,7 @@ from debiaspl.hooks.base import Hook, RunContext, StepRecord
 class InfluenceOptions:
     every: int = option(1, "add the labeled batch's contribution every this many steps", ge=1)
     write_interval: int = option(5000, "write the ranking every this many steps (and at the end)", ge=1)
+    gallery_size: int = option(16, "images of the most self-influential labeled samples in the gallery drawn at the end of training (0: none)", ge=0)
 
 
 class InfluenceHook(Hook):
@@ -53,6 +55,19 @@ class InfluenceHook(Hook):
 
     def on_train_end(self, step: int) -> None:
         self.write(step)
+        context = self.context
+        if step == context.total_steps and self.options.gallery_size and context.labeled_images is not None:
+            mean = self.state["total"].cpu() / self.state["count"].cpu().clamp_min(1)
+            order = torch.argsort(mean, descending=True, stable=True)[:self.options.gallery_size]
+            half = (len(order) + 1) // 2  # two rows
+            rows = [GalleryRow(f"ranks {start + 1}-{start + len(part)}",
+                               entries_from(context.labeled_images, part, context.labeled_ids, context.class_names,
+                                            labels=context.labeled_labels.cpu(), scores=mean,
+                                            score_name="self-influence"))
+                    for start, part in ((0, order[:half]), (half, order[half:])) if len(part)]
+            figure = write_gallery(context.run_dir / "influence" / "self_influence_online_gallery", rows,
+                                   "most self-influential labeled images during training (suspected mislabels or rare ones)")
+            context.log.figure("influence/self_influence_gallery", figure, step)
 
     def write(self, step: int) -> None:
         """The ranking by mean contribution per observation (samples are seen unequally often when every > 1)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from debiaspl.metrics.gallery import GalleryRow, entries_from, write_gallery
 from debiaspl.metrics.plots import reliability_diagram_figure
 from debiaspl.metrics.uncertainty import (auroc_from_histograms, calibration_update, expected_calibration_error,
                                            histogram_update, normalized_entropy)
@@ -30,16 +31,25 @@ class UncertaintyOptions:
     histogram_bins: int = option(20, "bins of the entropy histograms over [0, 1]", ge=2)
     calibration_bins: int = option(15, "confidence bins of the ECE and the reliability diagram", ge=2)
     figure_interval: int = option(2500, "draw the reliability diagrams every this many steps (and at the end)", ge=1)
+    gallery_size: int = option(10, "images per row of the end-of-training gallery: the most uncertain pseudo-labels, and the most confident wrong ones (0: none)", ge=0)
 
 
 class UncertaintyHook(IntervalHook):
     name = "uncertainty"
     Options = UncertaintyOptions
 
+    def __init__(self, options: UncertaintyOptions):
+        super().__init__(options)
+        self.latest: dict[str, torch.Tensor] = {}  # per unlabeled sample, at its last training step
+
     def on_train_start(self, context: RunContext) -> None:
         # Without debiasing the two distributions are the same: watch one.
         self.views = ("before_debiasing", "after_debiasing") if context.debiased else ("pseudo_labels",)
         super().on_train_start(context)
+        size = len(context.unlabeled_ids)
+        self.latest = ({key: value.to(context.device) for key, value in self.latest.items()} if self.latest else
+                       {"entropy": torch.full((size,), float("nan"), device=context.device),
+                        "pseudo_label": torch.full((size,), -1, dtype=torch.long, device=context.device)})
         context.log.custom_scalars({"uncertainty": {
             f"mean entropy per pseudo-label class ({view})": ["Multiline", [rf"uncertainty/{view}/entropy_by_class/.*"]]
             for view in self.views}})
@@ -57,6 +67,8 @@ class UncertaintyHook(IntervalHook):
                 for view in self.views}
 
     def accumulate(self, sums: dict[str, dict[str, torch.Tensor]], record: StepRecord) -> None:
+        self.latest["entropy"][record.idx_ulb] = normalized_entropy(record.probs_pseudo).float()
+        self.latest["pseudo_label"][record.idx_ulb] = record.pseudo_labels
         for view in self.views:
             probs = record.probs_weak if view == "before_debiasing" else record.probs_pseudo
             self._accumulate_view(sums[view], probs, record)
@@ -108,3 +120,33 @@ class UncertaintyHook(IntervalHook):
                                                 f"pseudo-label calibration ({view.replace('_', ' ')}), step {step}")
             self.context.log.figure(f"uncertainty/{view}/reliability", figure, step,
                                     self.context.run_dir / "uncertainty" / f"reliability_{view}.png")
+
+    def on_train_end(self, step: int) -> None:
+        super().on_train_end(step)
+        context = self.context
+        if step != context.total_steps or not self.options.gallery_size or context.unlabeled_images is None:
+            return
+        entropy, pseudo = self.latest["entropy"].cpu(), self.latest["pseudo_label"].cpu()
+        truth, seen = context.unlabeled_labels.cpu(), pseudo >= 0
+        k = self.options.gallery_size
+        uncertain = torch.argsort(torch.where(seen, entropy, -1.0), descending=True, stable=True)[:min(k, int(seen.sum()))]
+        wrong = seen & (pseudo != truth)
+        confident_wrong = torch.argsort(torch.where(wrong, entropy, 2.0), stable=True)[:min(k, int(wrong.sum()))]
+        view = "debiased " if context.debiased else ""
+        rows = [GalleryRow("most uncertain pseudo-labels", entries_from(
+                    context.unlabeled_images, uncertain, context.unlabeled_ids, context.class_names, labels=truth,
+                    pseudo_labels=pseudo, scores=entropy, score_name="entropy")),
+                GalleryRow("most confident wrong pseudo-labels", entries_from(
+                    context.unlabeled_images, confident_wrong, context.unlabeled_ids, context.class_names, labels=truth,
+                    pseudo_labels=pseudo, scores=entropy, score_name="entropy"))]
+        figure = write_gallery(context.run_dir / "uncertainty" / "gallery", rows,
+                               f"unlabeled images at their last training step: normalized entropy of the {view}weak view "
+                               f"(label: hidden truth; pseudo: the pseudo-label)")
+        context.log.figure("uncertainty/gallery", figure, step)
+
+    def on_save_checkpoint(self) -> dict:
+        return {**super().on_save_checkpoint(), "latest": {key: value.cpu() for key, value in self.latest.items()}}
+
+    def on_load_checkpoint(self, state: dict) -> None:
+        super().on_load_checkpoint(state)
+        self.latest = dict(state.get("latest", {}))  # absent in checkpoints of older versions
