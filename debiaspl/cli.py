@@ -77,10 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--ood-classes", default="", metavar="A,B",
                           help="treat these classes of the test set as out-of-distribution (names or indices)")
 
-    influence = verbs.add_parser("influence", help="TracIn self-influence of each sample over the run's snapshots")
+    influence = verbs.add_parser("influence", help="TracIn over the run's snapshots: self-influence of each sample, "
+                                                   "proponents and opponents of test images, clusters within a class")
     _run_arguments(influence)
-    influence.add_argument("--split", choices=("labeled", "unlabeled"), default="labeled",
-                           help="labeled: under the training labels; unlabeled: under the model's own predictions")
+    influence.add_argument("--split", choices=("labeled", "unlabeled", "both"), default=None,
+                           help="labeled: under the training labels; unlabeled: under the run's pseudo-labels and loss; "
+                                "both (the default with --test and --cluster; self-influence takes one, labeled by default)")
+    influence.add_argument("--test", default="", metavar="IDX[,IDX...]",
+                           help="proponents and opponents of these test images (indices into the test set), "
+                                "with their nearest neighbours in the embedding")
+    influence.add_argument("--k", type=int, default=8, help="with --test: proponents, opponents and neighbours shown")
+    influence.add_argument("--cluster", default="", metavar="CLASS",
+                           help="cluster this class (its labeled images and those pseudo-labeled with it) by TracIn similarity")
+    influence.add_argument("--clusters", type=int, default=4, help="with --cluster: how many clusters")
     influence.add_argument("--layers", default="", metavar="PREFIXES",
                            help="also the full-gradient form for parameters whose names start with these "
                                 "(comma-separated, e.g. classifier,block3)")
@@ -233,15 +242,35 @@ def _offline(args: argparse.Namespace) -> int:
                                                for score, m in report.items() if isinstance(m, dict)))
         print(f"written to {run.run_dir / 'eval'}")
     elif args.verb == "influence":
-        from debiaspl.analysis.influence_run import output_path, self_influence
+        from debiaspl.analysis.influence_run import (output_path, proponents_and_opponents, self_influence,
+                                                     tracin_clusters)
 
         layers = tuple(name for name in args.layers.split(",") if name)
-        result = self_influence(run, split=args.split, layers=layers, batch_size=args.batch_size)
-        images = run.data.labeled if args.split == "labeled" else run.data.unlabeled
+        if args.test and args.cluster:
+            raise UserError("--test and --cluster: give one of them per call")
+        if args.test:
+            try:
+                indices = [int(text) for text in args.test.split(",") if text.strip()]
+            except ValueError:
+                raise UserError(f"--test {args.test!r}: expected test-set indices like 3,17") from None
+            for path in proponents_and_opponents(run, indices, k=args.k, split=args.split or "both", layers=layers,
+                                                 batch_size=args.batch_size):
+                print(f"written to {path} and {path.with_name(path.stem + '_gallery.png')}")
+            return 0
+        if args.cluster:
+            path = tracin_clusters(run, args.cluster, num_clusters=args.clusters, split=args.split or "both",
+                                   batch_size=args.batch_size)
+            print(f"written to {path} and {path.with_name(path.stem + '_gallery.png')}")
+            return 0
+        split = args.split or "labeled"
+        if split == "both":
+            raise UserError("--split both: self-influence ranks one set; give labeled or unlabeled")
+        result = self_influence(run, split=split, layers=layers, batch_size=args.batch_size)
+        images = run.data.labeled if split == "labeled" else run.data.unlabeled
         for index in result["last_layer"].argsort(descending=True)[:args.top].tolist():
             print(f"{images.sample_ids[index]}  self-influence {result['last_layer'][index]:.4g}  "
                   f"loss {result['loss'][index]:.3f}")
-        print(f"written to {output_path(run.run_dir, args.split)}")
+        print(f"written to {output_path(run.run_dir, split)}")
     else:
         from debiaspl.analysis.select_run import select_samples
 

@@ -38,3 +38,17 @@ def test_write_gallery_writes_the_png_and_its_tiles_as_csv(tmp_path):
     assert [(r["row"], r["position"], r["sample_id"], r["label"], r["score"]) for r in lines] == [
         ("top", "1", "s0", "a", "0"), ("top", "2", "s1", "b", "1"), ("top", "3", "s2", "a", "2")]
     assert gallery_columns(rows)["pseudo_label"] == ["", "", ""]
+
+
+def test_clustering_recovers_planted_clusters_from_gradients():
+    from debiaspl.metrics.influence import cluster_by_similarity
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 40, generator=generator, dtype=torch.float64)
+    planted = torch.tensor([0] * 12 + [1] * 8 + [2] * 5)
+    # gradients of one direction per cluster, at very different scales: cosine similarity ignores the norm
+    vectors = centres[planted] + 0.15 * torch.randn(25, 40, generator=generator, dtype=torch.float64)
+    vectors *= torch.rand(25, 1, generator=generator, dtype=torch.float64) * 10 + 0.1
+    found = cluster_by_similarity(vectors @ vectors.T, 3)
+    assert torch.equal(found, planted)  # ids numbered by size, largest first
+    assert cluster_by_similarity(vectors @ vectors.T, 1).unique().tolist() == [0]

@@ -276,3 +276,83 @@ def test_galleries_of_the_offline_rankings(trained):
     assert [(row["sample_id"], row["pseudo_label"], row["label"]) for row in gallery] == \
         [(row["sample_id"], row["predicted"], row["label"]) for row in picks]
     assert [row["row"] for row in gallery] == ["picks 1-10"] * 10 + ["picks 11-12"] * 2
+
+
+def _brute_force_influence(run, test_index, training_images, training_labels, names_prefix, loss_logits_of):
+    """sum over snapshots of lr * <grad CE(train), grad CE(test)> with plain autograd, one sample at a time."""
+    from debiaspl.analysis.load_run import load_snapshot
+    from debiaspl.data.loaders import to_model_input
+    from debiaspl.run_folder import list_snapshots
+
+    model, test = run.model, run.data.test
+    own = {key: value.clone() for key, value in model.state_dict().items()}
+    total = torch.zeros(len(training_images), dtype=torch.float64)
+    for path in list_snapshots(run.run_dir):
+        snapshot = load_snapshot(path)
+        run.load_weights(snapshot["model"])
+        params = [p for name, p in model.named_parameters() if name.startswith(names_prefix)]
+
+        def gradient(image, label, adjust):
+            x = to_model_input(image[None].to(run.device), run.mean, run.std)
+            loss = torch.nn.functional.cross_entropy(adjust(model(x)), label[None])
+            return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]).double()
+
+        test_gradient = gradient(test.images[test_index], test.labels[test_index], lambda z: z)
+        adjust = loss_logits_of(snapshot["algorithm"])
+        labels = training_labels(snapshot)
+        for i in range(len(labels)):
+            total[i] += snapshot["lr"] * gradient(training_images[i], labels[i], adjust) @ test_gradient
+    run.load_weights(own)
+    return total
+
+
+def test_proponent_scores_equal_brute_force_autograd_and_the_forms_agree(trained):
+    from debiaspl.analysis.influence_run import influence_on_test_images
+    from debiaspl.inference import predict_logits
+
+    run = load_run(trained)
+    last = influence_on_test_images(run, [5, 11], split="both")
+    full = influence_on_test_images(run, [5, 11], split="both", layers=("classifier",))
+    for name in ("labeled", "unlabeled"):  # the closed form is the full gradient restricted to the last layer
+        torch.testing.assert_close(last[name], full[name], rtol=1e-4, atol=1e-9)
+    labeled = run.data.labeled
+    brute = _brute_force_influence(run, 5, labeled.images[:12], lambda snapshot: labeled.labels[:12], "classifier",
+                                   lambda state: (lambda z: z))
+    torch.testing.assert_close(last["labeled"][:12, 0], brute, rtol=1e-4, atol=1e-9)
+    unlabeled = run.data.unlabeled
+
+    def pseudo_labels(snapshot):
+        run.load_weights(snapshot["model"])
+        logits = predict_logits(run.model, unlabeled.images[:12], run.mean, run.std, 64, run.device)
+        return run.algorithm.pseudo_labels(logits, snapshot["algorithm"]).labels
+
+    brute = _brute_force_influence(run, 11, unlabeled.images[:12], pseudo_labels, "classifier",
+                                   lambda state: (lambda z: run.algorithm.loss_logits(z, state)))
+    torch.testing.assert_close(last["unlabeled"][:12, 1], brute, rtol=1e-4, atol=1e-9)
+    # the full form over a convolution too, against autograd over the same parameters
+    deep = influence_on_test_images(run, [5], split="labeled", layers=("blocks.2.0", "classifier"))
+    brute = _brute_force_influence(run, 5, labeled.images[:6], lambda snapshot: labeled.labels[:6], ("blocks.2.0", "classifier"),
+                                   lambda state: (lambda z: z))
+    torch.testing.assert_close(deep["labeled"][:6, 0], brute, rtol=1e-4, atol=1e-9)
+
+
+def test_proponents_cli_and_clusters_write_csvs_and_galleries(trained):
+    proc = debiaspl("influence", trained, "--test", "2,7", "--k", "3")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_csv(trained / "influence/proponents/test_2.csv")
+    assert [row["kind"] for row in rows] == ["proponent"] * 3 + ["opponent"] * 3 + ["neighbour"] * 3
+    scores = [float(row["score"]) for row in rows]
+    assert scores[:3] == sorted(scores[:3], reverse=True) and scores[3:6] == sorted(scores[3:6])
+    assert {row["set"] for row in rows} <= {"labeled", "unlabeled"}
+    gallery = read_csv(trained / "influence/proponents/test_2_gallery.csv")
+    assert [row["row"] for row in gallery][:1] == ["test image 2"] and len(gallery) == 10
+    proc = debiaspl("influence", trained, "--cluster", "0", "--clusters", "2")
+    assert proc.returncode == 0, proc.stderr
+    clusters = read_csv(trained / "influence/clusters_0.csv")
+    assert {row["cluster"] for row in clusters} == {"0", "1"}
+    assert all(row["label"] == "0" for row in clusters if row["set"] == "labeled")
+    for args, message in (((trained, "--test", "99999"), "test indices must lie in"),
+                          ((trained, "--cluster", "giraffe"), "not a class of this run"),
+                          ((trained, "--test", "1", "--cluster", "0"), "give one of them")):
+        proc = debiaspl("influence", *args)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -8,7 +8,9 @@ last-layer one from penultimate features, and the full per-sample gradient of ch
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,8 +19,9 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from debiaspl.inference import predict_logits
-from debiaspl.metrics.gallery import GalleryRow, entries_from, write_gallery
-from debiaspl.metrics.influence import last_layer_self_influence
+from debiaspl.data.datasets import ImageSet
+from debiaspl.metrics.gallery import GalleryEntry, GalleryRow, entries_from, write_gallery
+from debiaspl.metrics.influence import cluster_by_similarity, last_layer_influence, last_layer_self_influence
 from debiaspl.analysis.load_run import LoadedRun, load_snapshot
 from debiaspl.files import write_csv
 from debiaspl.data.loaders import to_model_input
@@ -37,16 +40,12 @@ def self_influence(run: LoadedRun, *, split: str = "labeled", layers: tuple[str,
     influence/self_influence_<split>.csv and a gallery of the `gallery_size` most self-influential
     images beside it (_gallery.png / .csv). The run's weights are restored afterwards.
     """
-    snapshots = list_snapshots(run.run_dir)
-    if not snapshots:
-        raise UserError(f"{run.run_dir} has no snapshots/: train with --set logging.snapshot_interval=N "
-                        f"(e.g. a tenth of train.steps) to keep the weights TracIn needs")
+    snapshots = _snapshots(run)
     images = run.data.labeled if split == "labeled" else run.data.unlabeled
     selected = _parameter_names(run.model, layers) if layers else []
     total = torch.zeros(len(images.labels), dtype=torch.float64)
     full = torch.zeros(len(images.labels), dtype=torch.float64)
-    own_weights = {key: value.clone() for key, value in run.model.state_dict().items()}
-    try:
+    with _restoring_weights(run):
         for path in snapshots:
             snapshot = load_snapshot(path)
             run.load_weights(snapshot["model"])
@@ -61,8 +60,6 @@ def self_influence(run: LoadedRun, *, split: str = "labeled", layers: tuple[str,
             total += last_layer_self_influence(probs, labels, features, snapshot["lr"])
             if selected:
                 full += snapshot["lr"] * _gradient_norms(run, images.images, labels, selected, batch_size, loss_logits)
-    finally:
-        run.load_weights(own_weights)  # the run's own (EMA) weights again, for whatever the caller does next
     logits = predict_logits(run.model, images.images, run.mean, run.std, batch_size, run.device)
     if split == "unlabeled":
         labels = run.algorithm.pseudo_labels(logits, run.algorithm_state).labels
@@ -112,6 +109,228 @@ def _as_is(logits: torch.Tensor) -> torch.Tensor:
 def _gradient_norms(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor, names: list[str],
                     batch_size: int, loss_logits: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """||d CE / d selected parameters||^2 per sample [N], with per-sample gradients from torch.func."""
+    return torch.cat([g.square().sum(dim=1) for g in _per_sample_gradients(run, images, labels, names, batch_size,
+                                                                           loss_logits)])
+
+
+def output_path(run_dir: Path, split: str) -> Path:
+    return run_dir / "influence" / f"self_influence_{split}.csv"
+
+
+# ---- proponents and opponents of test predictions, and clusters by TracIn similarity
+
+
+@dataclass(frozen=True)
+class _TrainingSet:
+    """One of the sets a run trained on, with the target and loss each snapshot would use on it."""
+
+    name: str                     # "labeled" or "unlabeled"
+    images: ImageSet
+
+    def signal(self, run: LoadedRun, logits: torch.Tensor, state: dict,
+               index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels [N], probs [N, C] of the loss logits) of images `index` of the set (None: all of them),
+        whose logits [N, C] these are, under the algorithm state `state`."""
+        if self.name == "labeled":
+            given = self.images.labels if index is None else self.images.labels[index]
+            return given, torch.softmax(logits, dim=1)
+        labels = run.algorithm.pseudo_labels(logits, state).labels
+        return labels, torch.softmax(run.algorithm.loss_logits(logits, state), dim=1)
+
+
+def _training_sets(run: LoadedRun, split: str) -> list[_TrainingSet]:
+    names = ("labeled", "unlabeled") if split == "both" else (split,)
+    return [_TrainingSet(name, run.data.labeled if name == "labeled" else run.data.unlabeled) for name in names]
+
+
+@contextlib.contextmanager
+def _restoring_weights(run: LoadedRun):
+    own_weights = {key: value.clone() for key, value in run.model.state_dict().items()}
+    try:
+        yield
+    finally:
+        run.load_weights(own_weights)  # the run's own (EMA) weights again, for whatever the caller does next
+
+
+def _snapshots(run: LoadedRun) -> list[Path]:
+    snapshots = list_snapshots(run.run_dir)
+    if not snapshots:
+        raise UserError(f"{run.run_dir} has no snapshots/: train with --set logging.snapshot_interval=N "
+                        f"(e.g. a tenth of train.steps) to keep the weights TracIn needs")
+    return snapshots
+
+
+def influence_on_test_images(run: LoadedRun, test_indices: list[int], *, split: str = "both", layers: tuple[str, ...] = (),
+                   batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """TracIn influence of every training sample on each test image: {set name: [N_set, T] float64}.
+
+    sum over snapshots of lr * grad CE(train sample) . grad CE(test image), the test image under its
+    true label, a labeled sample under its label, an unlabeled one under the pseudo-label and loss
+    (adaptive margin) the snapshot's algorithm state gives. Last-layer closed form, or with `layers` the
+    full per-sample gradient of the parameters whose names start with them (torch.func).
+    """
+    test = run.data.test
+    if not test_indices or min(test_indices) < 0 or max(test_indices) >= len(test.labels):
+        raise UserError(f"--test {','.join(map(str, test_indices))}: test indices must lie in 0..{len(test.labels) - 1}")
+    chosen = torch.as_tensor(test_indices)
+    test_images, test_labels = test.images[chosen], test.labels[chosen]
+    sets = _training_sets(run, split)
+    selected = _parameter_names(run.model, layers) if layers else []
+    scores = {s.name: torch.zeros(len(s.images.labels), len(chosen), dtype=torch.float64) for s in sets}
+    with _restoring_weights(run):
+        for path in _snapshots(run):
+            snapshot = load_snapshot(path)
+            run.load_weights(snapshot["model"])
+            lr, state = snapshot["lr"], snapshot["algorithm"]
+            test_logits, test_features = predict_logits(run.model, test_images, run.mean, run.std, batch_size,
+                                                        run.device, with_features=True)
+            test_probs = torch.softmax(test_logits, dim=1)
+            if selected:
+                test_gradients = torch.cat(list(_per_sample_gradients(run, test_images, test_labels, selected,
+                                                                      batch_size, _as_is)))
+            for training in sets:
+                logits, features = predict_logits(run.model, training.images.images, run.mean, run.std, batch_size,
+                                                  run.device, with_features=True)
+                labels, probs = training.signal(run, logits, state)
+                if not selected:
+                    scores[training.name] += last_layer_influence(probs, labels, features, test_probs, test_labels,
+                                                                  test_features, lr)
+                    continue
+                loss_logits = _as_is if training.name == "labeled" else functools.partial(run.algorithm.loss_logits,
+                                                                                          state=state)
+                rows = [gradients @ test_gradients.T for gradients in _per_sample_gradients(
+                    run, training.images.images, labels, selected, batch_size, loss_logits)]
+                scores[training.name] += lr * torch.cat(rows)
+    return scores
+
+
+def embedding_neighbours(run: LoadedRun, test_indices: list[int], split: str = "both",
+                         batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Cosine similarity [N_set, T] of penultimate features (the run's own weights): the kNN comparison."""
+    test_features = predict_logits(run.model, run.data.test.images[torch.as_tensor(test_indices)], run.mean, run.std,
+                                   batch_size, run.device, with_features=True)[1]
+    result = {}
+    for training in _training_sets(run, split):
+        features = predict_logits(run.model, training.images.images, run.mean, run.std, batch_size, run.device,
+                                  with_features=True)[1]
+        result[training.name] = F.normalize(features.double(), dim=1) @ F.normalize(test_features.double(), dim=1).T
+    return result
+
+
+def proponents_and_opponents(run: LoadedRun, test_indices: list[int], *, k: int = 8, split: str = "both",
+                             layers: tuple[str, ...] = (), batch_size: int = 256) -> list[Path]:
+    """For each test image, the k strongest proponents and opponents over the training sets and its k nearest
+    neighbours in the embedding: a CSV and a gallery each under influence/proponents/. Returns the CSV paths."""
+    if k < 1:
+        raise UserError(f"--k {k}: must be at least 1")
+    scores = influence_on_test_images(run, test_indices, split=split, layers=layers, batch_size=batch_size)
+    similarity = embedding_neighbours(run, test_indices, split, batch_size)
+    sets = {s.name: s for s in _training_sets(run, split)}
+    final_pseudo = {}
+    if "unlabeled" in sets:
+        logits = predict_logits(run.model, sets["unlabeled"].images.images, run.mean, run.std, batch_size, run.device)
+        final_pseudo["unlabeled"] = run.algorithm.pseudo_labels(logits, run.algorithm_state).labels
+    test, names = run.data.test, run.data.class_names
+    test_logits = predict_logits(run.model, test.images[torch.as_tensor(test_indices)], run.mean, run.std, batch_size,
+                                 run.device)
+    form = f"full gradient of {','.join(layers)}" if layers else "last layer"
+    paths = []
+    for column, index in enumerate(test_indices):
+        pooled = [(name, i, float(values[i, column])) for name, values in scores.items() for i in range(len(values))]
+        near = [(name, i, float(values[i, column])) for name, values in similarity.items() for i in range(len(values))]
+        ranked = {"proponent": sorted(pooled, key=lambda item: -item[2])[:k],
+                  "opponent": sorted(pooled, key=lambda item: item[2])[:k],
+                  "neighbour": sorted(near, key=lambda item: -item[2])[:k]}
+        table = {"kind": [], "rank": [], "set": [], "sample_id": [], "label": [], "pseudo_label": [], "score": []}
+        rows = [GalleryRow(f"test image {index}", (GalleryEntry(test.sample_ids[index], test.images[index],
+                                                               names[int(test.labels[index])],
+                                                               names[int(test_logits[column].argmax())]),))]
+        for kind, items in ranked.items():
+            entries = []
+            for rank, (name, i, value) in enumerate(items, start=1):
+                images = sets[name].images
+                pseudo = names[int(final_pseudo[name][i])] if name in final_pseudo else None
+                for key, cell in (("kind", kind), ("rank", rank), ("set", name), ("sample_id", images.sample_ids[i]),
+                                  ("label", names[int(images.labels[i])]), ("pseudo_label", pseudo or ""),
+                                  ("score", value)):
+                    table[key].append(cell)
+                entries.append(GalleryEntry(images.sample_ids[i], images.images[i], names[int(images.labels[i])],
+                                            pseudo, value, "cosine" if kind == "neighbour" else "TracIn"))
+            title = {"proponent": "proponents (lower its loss)", "opponent": "opponents (raise its loss)",
+                     "neighbour": "embedding neighbours"}[kind]
+            rows.append(GalleryRow(title, tuple(entries)))
+        path = run.run_dir / "influence" / "proponents" / f"test_{index}.csv"
+        write_csv(path, table)
+        write_gallery(path.with_name(f"test_{index}_gallery"), rows,
+                      f"test image {index} ({test.sample_ids[index]}): TracIn proponents and opponents ({form}, "
+                      f"{len(_snapshots(run))} snapshots) and embedding neighbours (label: the truth or given label; "
+                      f"pseudo: the run's pseudo-label, or the test prediction)")
+        paths.append(path)
+    return paths
+
+
+def tracin_clusters(run: LoadedRun, class_name: str, *, num_clusters: int = 4, split: str = "both",
+                    per_row: int = 10, batch_size: int = 256) -> Path:
+    """Clusters within one class by TracIn similarity: its labeled images and the unlabeled ones the run
+    pseudo-labels with it, clustered on their unit-normalised last-layer TracIn gradients (summed over
+    snapshots). Writes influence/clusters_<class>.csv and a gallery with one row per cluster."""
+    names = run.data.class_names
+    if class_name not in names and not (class_name.isdecimal() and int(class_name) < len(names)):
+        raise UserError(f"--cluster {class_name!r}: not a class of this run ({', '.join(names)})")
+    target = names.index(class_name) if class_name in names else int(class_name)
+    members = {}
+    for training in _training_sets(run, split):
+        if training.name == "labeled":
+            labels = training.images.labels
+        else:
+            logits = predict_logits(run.model, training.images.images, run.mean, run.std, batch_size, run.device)
+            labels = run.algorithm.pseudo_labels(logits, run.algorithm_state).labels
+        members[training.name] = (training, torch.nonzero(labels == target).squeeze(1))
+    size = sum(len(index) for _, index in members.values())
+    if size < num_clusters:
+        raise UserError(f"--cluster {names[target]}: {size} images, fewer than --clusters {num_clusters}")
+    gram = torch.zeros(size, size, dtype=torch.float64)
+    with _restoring_weights(run):
+        for path in _snapshots(run):
+            snapshot = load_snapshot(path)
+            run.load_weights(snapshot["model"])
+            parts = []
+            for training, index in members.values():
+                images = training.images.images[index]
+                logits, features = predict_logits(run.model, images, run.mean, run.std, batch_size, run.device,
+                                                  with_features=True)
+                labels, probs = training.signal(run, logits, snapshot["algorithm"], index)
+                parts.append((probs, labels, features))
+            probs, labels, features = (torch.cat(tensors) for tensors in zip(*parts))
+            gram += last_layer_influence(probs, labels, features, probs, labels, features, snapshot["lr"])
+    clusters = cluster_by_similarity(gram, num_clusters)
+    norms = gram.diagonal().clamp_min(1e-300).sqrt()
+    cosine = gram / (norms[:, None] * norms[None, :])
+    flat = [(training, int(i)) for training, index in members.values() for i in index]
+    centrality = torch.stack([cosine[j, clusters == clusters[j]].mean() for j in range(size)])
+    table = {"cluster": clusters.tolist(), "centrality": centrality.tolist(), "set": [t.name for t, _ in flat],
+             "sample_id": [t.images.sample_ids[i] for t, i in flat],
+             "label": [names[int(t.images.labels[i])] for t, i in flat]}
+    path = run.run_dir / "influence" / f"clusters_{names[target]}.csv"
+    write_csv(path, table)
+    rows = []
+    for cluster in range(num_clusters):
+        inside = torch.nonzero(clusters == cluster).squeeze(1)
+        inside = inside[torch.argsort(centrality[inside], descending=True, stable=True)][:per_row]
+        entries = tuple(GalleryEntry(flat[j][0].images.sample_ids[flat[j][1]], flat[j][0].images.images[flat[j][1]],
+                                     names[int(flat[j][0].images.labels[flat[j][1]])],
+                                     names[target] if flat[j][0].name == "unlabeled" else None,
+                                     float(centrality[j]), "centrality") for j in inside.tolist())
+        rows.append(GalleryRow(f"cluster {cluster} ({int((clusters == cluster).sum())} images)", entries))
+    write_gallery(path.with_name(f"clusters_{names[target]}_gallery"), rows,
+                  f"{names[target]}: clusters by TracIn similarity (cosine of last-layer gradients over the snapshots); "
+                  f"the most central images of each (label: given or hidden truth; pseudo: shown for unlabeled images)")
+    return path
+
+
+def _per_sample_gradients(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor, names: list[str],
+                          batch_size: int, loss_logits: Callable[[torch.Tensor], torch.Tensor]):
+    """Batches [b, P] float64 of flattened per-sample gradients of CE w.r.t. the named parameters (torch.func)."""
     model = run.model
     params = {name: p.detach() for name, p in model.named_parameters()}
     selected = {name: params.pop(name) for name in names}
@@ -122,14 +341,8 @@ def _gradient_norms(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor, 
         return F.cross_entropy(loss_logits(out), y.unsqueeze(0))
 
     per_sample_grad = vmap(grad(loss), in_dims=(None, 0, 0))
-    norms = []
     for start in range(0, len(images), batch_size):
         x = to_model_input(images[start:start + batch_size].to(run.device), run.mean, run.std)
         y = labels[start:start + batch_size].to(run.device)
         grads = per_sample_grad(selected, x, y)
-        norms.append(sum(g.pow(2).flatten(1).sum(1) for g in grads.values()).double().cpu())
-    return torch.cat(norms)
-
-
-def output_path(run_dir: Path, split: str) -> Path:
-    return run_dir / "influence" / f"self_influence_{split}.csv"
+        yield torch.cat([grads[name].flatten(1) for name in names], dim=1).double().cpu()

@@ -8,6 +8,7 @@ the same entries beside it (what each tile shows, for scripts and tests).
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,12 +73,14 @@ def caption(entry: GalleryEntry) -> str:
 def gallery_figure(rows: list[GalleryRow], title: str, max_columns: int = 10):
     """One row of tiles per GalleryRow (at most `max_columns` each), its title on the left."""
     columns = max([min(len(row.entries), max_columns) for row in rows] + [1])
-    tile = 1.35
-    figure = _figure(figsize=(2.2 + tile * columns, 0.9 + (tile + 0.6) * max(len(rows), 1)))
+    tile, width = 1.35, 2.2 + 1.35 * max(columns, 6)
+    title = textwrap.fill(title, width=int(width * 11))  # about 11 characters of 10 pt text per inch
+    header = 0.55 + 0.2 * title.count("\n")
+    figure = _figure(figsize=(width, header + 0.35 + (tile + 0.6) * max(len(rows), 1)))
     grid = figure.add_gridspec(max(len(rows), 1), columns + 1, width_ratios=[1.6] + [1] * columns,
-                               left=0.01, right=0.99, top=1 - 0.85 / figure.get_figheight(), bottom=0.02,
-                               hspace=0.55, wspace=0.08)
-    figure.suptitle(title, fontsize=10)
+                               left=0.01, right=0.99 * (2.2 + tile * columns) / width,
+                               top=1 - (header + 0.3) / figure.get_figheight(), bottom=0.02, hspace=0.55, wspace=0.08)
+    figure.suptitle(title, fontsize=10, y=1 - 0.1 / figure.get_figheight(), va="top")
     for r, row in enumerate(rows):
         label_axes = figure.add_subplot(grid[r, 0])
         label_axes.axis("off")
