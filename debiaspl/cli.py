@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                           help="T stochastic passes: predictive/expected entropy, mutual information (BALD), variance")
     evaluate.add_argument("--ood", action="append", default=[], metavar="SPEC",
                           help="out-of-distribution test images: imagefolder:PATH, cifar10:ROOT, cifar100:ROOT or digits")
+    evaluate.add_argument("--noise-std", type=float, default=0.2,
+                          help="std of the Gaussian noise (in [0, 1] pixel units) of the corrupted test copy")
+    evaluate.add_argument("--uncertainty-threshold", type=float, default=0.5,
+                          help="normalized entropy splitting the test images into low- and high-uncertainty groups")
     evaluate.add_argument("--ood-classes", default="", metavar="A,B",
                           help="treat these classes of the test set as out-of-distribution (names or indices)")
 
@@ -234,12 +238,16 @@ def _offline(args: argparse.Namespace) -> int:
 
         ood_classes = tuple(name for name in args.ood_classes.split(",") if name)
         metrics = evaluate_run(run, mc_passes=args.mc_dropout, ood_specs=tuple(args.ood), ood_classes=ood_classes,
-                               batch_size=args.batch_size)
+                               batch_size=args.batch_size, noise_std=args.noise_std,
+                               uncertainty_threshold=args.uncertainty_threshold)
         shown = {key: value for key, value in metrics.items() if not isinstance(value, (list, dict))}
         print(json.dumps(shown, indent=2))
         for name, report in metrics.get("ood", {}).items():
             print(f"OOD {name}: " + "  ".join(f"{score} AUROC {m['auroc']:.3f} FPR95 {m['fpr_at_95_tpr']:.3f}"
                                                for score, m in report.items() if isinstance(m, dict)))
+        view = metrics["uncertainty"]
+        print(f"normalized entropy <= {view['threshold']}: {view['low']['count']} test images, accuracy "
+              f"{view['low']['accuracy']:.4f}; above: {view['high']['count']}, accuracy {view['high']['accuracy']:.4f}")
         print(f"written to {run.run_dir / 'eval'}")
     elif args.verb == "influence":
         from debiaspl.analysis.influence_run import (output_path, proponents_and_opponents, self_influence,

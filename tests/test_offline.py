@@ -261,8 +261,14 @@ def test_galleries_of_the_offline_rankings(trained):
     assert {row["row"] for row in ood} == {f"{score}: {what}" for score in ("msp", "max_logit", "energy", "entropy",
                                                                           "mutual_information")
                                          for what in ("OOD images scored most in-distribution", "test images scored most OOD")}
-    for image in ("eval/uncertain_gallery.png", "eval/ood_classes_8_9_gallery.png"):
+    for image in ("eval/uncertain_gallery.png", "eval/ood_classes_8_9_gallery.png", "eval/uncertainty.png"):
         assert (trained / image).stat().st_size > 10_000
+    view = json.loads((trained / "eval/metrics.json").read_text())["uncertainty"]
+    assert view["low"]["count"] + view["high"]["count"] == len(predictions)
+    assert set(view["accuracy_kept"]) == {"normalized entropy", "BALD (mutual information)"}
+    assert view["accuracy_kept"]["normalized entropy"][0] == pytest.approx(
+        sum(row["label"] == row["prediction"] for row in predictions) / len(predictions))
+    assert set(view["mean_normalized_entropy"]) == {"test", "test + Gaussian noise, std 0.2", "OOD: classes_8_9"}
 
     self_influence(run, split="unlabeled")
     ranking = read_csv(trained / "influence/self_influence_unlabeled.csv")

@@ -318,3 +318,16 @@ def test_precision_recall_at_k_by_hand():
     assert precision == 0.0 and math.isnan(recall)
     with pytest.raises(ValueError, match="k must lie"):
         precision_recall_at_k(scores, is_positive, 0)
+
+
+def test_accuracy_by_uncertainty_and_the_rejection_curve_by_hand():
+    from debiaspl.metrics.uncertainty import accuracy_by_uncertainty, rejection_curve
+
+    uncertainty = torch.tensor([0.1, 0.9, 0.4, 0.7, 0.2])
+    correct = torch.tensor([True, False, True, False, False])
+    assert accuracy_by_uncertainty(uncertainty, correct, 0.5) == {"low": {"count": 3, "accuracy": 2 / 3},
+                                                                   "high": {"count": 2, "accuracy": 0.0}}
+    fractions, accuracies = rejection_curve(uncertainty, correct, points=6)
+    assert fractions == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    # keep 5, 4, 3, 2, 1, 0 of the most certain: 0.1 T, 0.2 F, 0.4 T, 0.7 F, 0.9 F
+    assert accuracies[:5] == [2 / 5, 2 / 4, 2 / 3, 1 / 2, 1.0] and math.isnan(accuracies[5])

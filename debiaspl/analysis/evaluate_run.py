@@ -15,11 +15,12 @@ from debiaspl.inference import predict_logits
 from debiaspl.analysis.load_run import LoadedRun
 from debiaspl.metrics.classification import classification_metrics
 from debiaspl.metrics.ood import detection_metrics, ood_scores, score_histogram_figure
-from debiaspl.metrics.plots import reliability_diagram_figure, save_figure
+from debiaspl.metrics.plots import reliability_diagram_figure, save_figure, uncertainty_view_figure
 from debiaspl.files import write_csv, write_json
 from debiaspl.metrics.gallery import GalleryRow, entries_from, write_gallery
 from debiaspl.metrics.predictive import MCDropoutAccumulator, brier_score, negative_log_likelihood
-from debiaspl.metrics.uncertainty import (calibration_update, expected_calibration_error, normalized_entropy)
+from debiaspl.metrics.uncertainty import (accuracy_by_uncertainty, calibration_update, expected_calibration_error,
+                                           normalized_entropy, rejection_curve)
 from debiaspl.data.datasets import IMAGE_SUFFIXES, ImageSet, load_source
 from debiaspl.errors import UserError
 
@@ -30,8 +31,19 @@ GALLERY_SIZE = 10  # images per gallery row
 
 
 def evaluate_run(run: LoadedRun, *, mc_passes: int = 0, ood_specs: tuple[str, ...] = (),
-                 ood_classes: tuple[str, ...] = (), batch_size: int = 256, seed: int = 0) -> dict:
-    """Everything `debiaspl eval` reports; also written under run_dir/eval/."""
+                 ood_classes: tuple[str, ...] = (), batch_size: int = 256, seed: int = 0, noise_std: float = 0.2,
+                 uncertainty_threshold: float = 0.5) -> dict:
+    """Everything `debiaspl eval` reports; also written under run_dir/eval/.
+
+    The uncertainty view: accuracy of the test images at or below / above `uncertainty_threshold` of
+    normalised entropy, accuracy against the fraction rejected as most uncertain (entropy, and BALD
+    with MC Dropout), and entropy histograms of the test set, the test set with Gaussian noise of std
+    `noise_std` (in [0, 1] pixel units) and each OOD set (uncertainty.png, metrics.json "uncertainty").
+    """
+    if noise_std < 0:
+        raise UserError(f"--noise-std {noise_std}: must be >= 0")
+    if not 0 <= uncertainty_threshold <= 1:
+        raise UserError(f"--uncertainty-threshold {uncertainty_threshold}: must be in [0, 1] (normalized entropy)")
     out = run.run_dir / "eval"
     out.mkdir(exist_ok=True)
     if mc_passes and run.config.model.dropout == 0:
@@ -85,12 +97,38 @@ def evaluate_run(run: LoadedRun, *, mc_passes: int = 0, ood_specs: tuple[str, ..
             for name, values in uncertainty.items()]
     write_gallery(out / "uncertain_gallery", rows, f"{run.run_dir.name}: the most uncertain test images "
                   f"(label: the truth; pseudo: the prediction), step {run.step}")
+    out_entropies = {}
     if out_sets:
         # the whole test set is the in-distribution set unless --ood-classes split it: reuse its passes then
         reused = (logits, mc["test"]["mutual_information"] if mc else None) if in_set is test else None
-        metrics["ood"] = _ood(run, in_set, out_sets, reused, mc_passes, batch_size, seed, out)
+        metrics["ood"], out_entropies = _ood(run, in_set, out_sets, reused, mc_passes, batch_size, seed, out)
+    metrics["uncertainty"] = _uncertainty_view(run, test, probs, predicted, uncertainty, out_entropies, noise_std,
+                                               uncertainty_threshold, batch_size, seed, out)
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _uncertainty_view(run: LoadedRun, test: ImageSet, probs: torch.Tensor, predicted: torch.Tensor,
+                      uncertainty: dict[str, torch.Tensor], out_entropies: dict[str, torch.Tensor], noise_std: float,
+                      threshold: float, batch_size: int, seed: int, out: Path) -> dict:
+    correct = predicted == test.labels
+    curves = {name: rejection_curve(values, correct) for name, values in uncertainty.items()}
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(test.images.shape, generator=generator) * (noise_std * 255)
+    noisy = (test.images.float() + noise).round().clamp(0, 255).to(torch.uint8)
+    noisy_probs = torch.softmax(_logits(run, noisy, batch_size), dim=1)
+    entropies = {"test": normalized_entropy(probs),
+                 f"test + Gaussian noise, std {noise_std:g}": normalized_entropy(noisy_probs),
+                 **{f"OOD: {name}": values for name, values in out_entropies.items()}}
+    figure = uncertainty_view_figure(curves, entropies,
+                                     f"{run.run_dir.name}: uncertainty of the test predictions, step {run.step}")
+    save_figure(figure, out / "uncertainty.png")
+    return {"threshold": threshold,
+            **accuracy_by_uncertainty(uncertainty["normalized entropy"], correct, threshold),
+            "rejected_fraction": curves["normalized entropy"][0],
+            "accuracy_kept": {name: accuracies for name, (_, accuracies) in curves.items()},
+            "noisy_accuracy": float((noisy_probs.argmax(dim=1) == test.labels).double().mean()),
+            "mean_normalized_entropy": {name: float(values.double().mean()) for name, values in entropies.items()}}
 
 
 def _ood(run: LoadedRun, in_set: ImageSet, out_sets: dict[str, ImageSet], reused, mc_passes: int,
@@ -102,7 +140,7 @@ def _ood(run: LoadedRun, in_set: ImageSet, out_sets: dict[str, ImageSet], reused
         in_mi = (mc_dropout_scores(run, in_set.images, mc_passes, batch_size, seed)["mutual_information"]
                  if mc_passes else None)
     scores_in = ood_scores(in_logits, in_mi)
-    report = {}
+    report, entropies = {}, {}
     for name, images in out_sets.items():
         out_logits = _logits(run, images.images, batch_size)
         out_mi = (mc_dropout_scores(run, images.images, mc_passes, batch_size, seed + 1)["mutual_information"]
@@ -113,7 +151,8 @@ def _ood(run: LoadedRun, in_set: ImageSet, out_sets: dict[str, ImageSet], reused
         save_figure(score_histogram_figure(scores_in, scores_out, f"{run.run_dir.name}: in-distribution test vs {name}"),
                     out / f"ood_{name}.png")
         write_ood_gallery(run, in_set, images, in_logits, out_logits, scores_in, scores_out, out / f"ood_{name}_gallery")
-    return report
+        entropies[name] = scores_out["entropy"]
+    return report, entropies
 
 
 def write_ood_gallery(run: LoadedRun, in_set: ImageSet, out_set: ImageSet, in_logits: torch.Tensor,

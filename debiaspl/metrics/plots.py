@@ -206,3 +206,24 @@ def save_figure(figure, path) -> None:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def uncertainty_view_figure(curves: dict[str, tuple[list[float], list[float]]], entropies: dict[str, object],
+                            title: str, bins: int = 20):
+    """Left: accuracy of the kept samples against the fraction rejected as most uncertain, one line per score.
+    Right: histograms (densities) of normalised entropy per input set (in-distribution, corrupted, OOD)."""
+    figure = _figure(figsize=(11, 4))
+    left, right = figure.subplots(1, 2)
+    for name, (fractions, accuracies) in curves.items():
+        left.plot(fractions, accuracies, marker=".", label=name)
+    left.set(xlabel="fraction rejected (most uncertain first)", ylabel="accuracy of the rest", xlim=(0, 1))
+    left.grid(alpha=0.3)
+    left.legend(fontsize="small")
+    edges = np.linspace(0, 1, bins + 1)
+    for name, values in entropies.items():
+        right.hist(_numpy(values), bins=edges, density=True, histtype="step", linewidth=1.5, label=name)
+    right.set(xlabel="normalized entropy H(p) / log C", ylabel="density", xlim=(0, 1))
+    right.legend(fontsize="small")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

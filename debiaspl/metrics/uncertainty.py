@@ -110,3 +110,33 @@ def ece_from_predictions(probs: torch.Tensor, labels: torch.Tensor, bins: int = 
         confidence, predicted = probs.max(dim=1)
         calibration_update(count, confidence_sum, correct_sum, confidence, predicted == labels)
     return expected_calibration_error(count, confidence_sum, correct_sum)
+
+
+def accuracy_by_uncertainty(uncertainty: torch.Tensor, correct: torch.Tensor, threshold: float) -> dict[str, dict]:
+    """Accuracy of the samples at or below `threshold` ("low") and above it ("high"): {group: {count, accuracy}}.
+
+    uncertainty, correct: [N]; a group without samples has accuracy nan.
+    """
+    uncertainty, correct = uncertainty.detach().cpu().double(), correct.detach().cpu().bool()
+    groups = {"low": uncertainty <= threshold, "high": uncertainty > threshold}
+    return {name: {"count": int(member.sum()),
+                   "accuracy": float(correct[member].double().mean()) if member.any() else float("nan")}
+            for name, member in groups.items()}
+
+
+def rejection_curve(uncertainty: torch.Tensor, correct: torch.Tensor, points: int = 21) -> tuple[list[float], list[float]]:
+    """Accuracy of what is kept when the most uncertain fraction f is rejected, for f = 0, 1/(points-1), ..., 1
+    (the last point keeps nothing: nan). Ties in uncertainty are rejected in index order, deterministically.
+
+    A score that ranks wrong predictions as more uncertain gives a curve rising from the plain accuracy.
+    """
+    uncertainty, correct = uncertainty.detach().cpu().double(), correct.detach().cpu().double()
+    order = torch.argsort(uncertainty, stable=True)  # most certain first
+    kept_correct = torch.cumsum(correct[order], dim=0)
+    size, fractions, accuracies = len(order), [], []
+    for step in range(points):
+        fraction = step / (points - 1)
+        kept = size - round(fraction * size)
+        fractions.append(fraction)
+        accuracies.append(float(kept_correct[kept - 1] / kept) if kept > 0 else float("nan"))
+    return fractions, accuracies
