@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     influence.add_argument("--cluster", default="", metavar="CLASS",
                            help="cluster this class (its labeled images and those pseudo-labeled with it) by TracIn similarity")
     influence.add_argument("--clusters", type=int, default=4, help="with --cluster: how many clusters")
+    influence.add_argument("--max-images", type=int, default=5000,
+                           help="with --cluster: cluster at most this many images (an evenly spaced subset)")
     influence.add_argument("--layers", default="", metavar="PREFIXES",
                            help="also the full-gradient form for parameters whose names start with these "
                                 "(comma-separated, e.g. classifier,block3)")
@@ -266,8 +268,10 @@ def _offline(args: argparse.Namespace) -> int:
                 print(f"written to {path} and {path.with_name(path.stem + '_gallery.png')}")
             return 0
         if args.cluster:
+            if layers:
+                raise UserError("--layers with --cluster: the clustering uses the last-layer gradients only")
             path = tracin_clusters(run, args.cluster, num_clusters=args.clusters, split=args.split or "both",
-                                   batch_size=args.batch_size)
+                                   max_images=args.max_images, batch_size=args.batch_size)
             print(f"written to {path} and {path.with_name(path.stem + '_gallery.png')}")
             return 0
         split = args.split or "labeled"

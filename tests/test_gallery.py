@@ -20,7 +20,7 @@ def test_entries_take_per_sample_or_per_index_scores_and_class_names():
     labels, pseudo = torch.tensor([0, 1, 0, 1, 0]), torch.tensor([1, 1, 1, 0, 0])
     per_sample = entries_from(images, [3, 1], ids, names, labels=labels, pseudo_labels=pseudo,
                               scores=torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4], dtype=torch.float64))
-    per_index = entries_from(images, [3, 1], ids, names, scores=[9.0, 8.0])
+    per_index = entries_from(images, [3, 1], ids, names, index_scores=[9.0, 8.0])
     assert [(e.sample_id, e.label, e.pseudo_label, e.score) for e in per_sample] == [("s3", "dog", "cat", 0.3),
                                                                                       ("s1", "dog", "dog", 0.1)]
     assert [e.score for e in per_index] == [9.0, 8.0] and torch.equal(per_index[0].image, images[3])
@@ -28,16 +28,20 @@ def test_entries_take_per_sample_or_per_index_scores_and_class_names():
 
 def test_write_gallery_writes_the_png_and_its_tiles_as_csv(tmp_path):
     images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    colour = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
     rows = [GalleryRow("top", entries_from(images, [0, 1, 2], [f"s{i}" for i in range(6)], ["a", "b"],
                                            labels=torch.tensor([0, 1, 0, 1, 0, 1]), scores=torch.arange(6.0))),
-            GalleryRow("nothing here", ())]
+            GalleryRow("nothing here", ()),
+            GalleryRow("colour, cut at 10 in the figure", entries_from(colour, range(12), [f"c{i}" for i in range(12)],
+                                                                    ["a", "b"]))]
     write_gallery(tmp_path / "g", rows, "a title")
     assert (tmp_path / "g.png").stat().st_size > 1000
     with open(tmp_path / "g.csv", newline="") as handle:
         lines = list(csv.DictReader(handle))
-    assert [(r["row"], r["position"], r["sample_id"], r["label"], r["score"]) for r in lines] == [
+    assert [(r["row"], r["position"], r["sample_id"], r["label"], r["score"]) for r in lines[:3]] == [
         ("top", "1", "s0", "a", "0"), ("top", "2", "s1", "b", "1"), ("top", "3", "s2", "a", "2")]
-    assert gallery_columns(rows)["pseudo_label"] == ["", "", ""]
+    assert len(lines) == 15 and lines[-1]["sample_id"] == "c11"  # the CSV keeps what the figure cuts
+    assert gallery_columns(rows)["pseudo_label"] == [""] * 15
 
 
 def test_clustering_recovers_planted_clusters_from_gradients():

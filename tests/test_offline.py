@@ -268,7 +268,8 @@ def test_galleries_of_the_offline_rankings(trained):
     assert set(view["accuracy_kept"]) == {"normalized entropy", "BALD (mutual information)"}
     assert view["accuracy_kept"]["normalized entropy"][0] == pytest.approx(
         sum(row["label"] == row["prediction"] for row in predictions) / len(predictions))
-    assert set(view["mean_normalized_entropy"]) == {"test", "test + Gaussian noise, std 0.2", "OOD: classes_8_9"}
+    assert set(view["mean_normalized_entropy"]) == {"test, in-distribution classes", "test + Gaussian noise, std 0.2",
+                                                    "OOD: classes_8_9"}
 
     self_influence(run, split="unlabeled")
     ranking = read_csv(trained / "influence/self_influence_unlabeled.csv")
@@ -284,31 +285,36 @@ def test_galleries_of_the_offline_rankings(trained):
     assert [row["row"] for row in gallery] == ["picks 1-10"] * 10 + ["picks 11-12"] * 2
 
 
-def _brute_force_influence(run, test_index, training_images, training_labels, names_prefix, loss_logits_of):
-    """sum over snapshots of lr * <grad CE(train), grad CE(test)> with plain autograd, one sample at a time."""
+def _brute_force_influence(run, test_index, training_images, training_labels, names_prefix, loss_logits_of,
+                           training_weights=None):
+    """sum over snapshots of lr * w * <grad CE(train), grad CE(test)> with plain autograd in float64, one
+    sample at a time (w: the sample's weight in the training loss, 1 when not given)."""
+    import copy
+
     from debiaspl.analysis.load_run import load_snapshot
     from debiaspl.data.loaders import to_model_input
     from debiaspl.run_folder import list_snapshots
 
-    model, test = run.model, run.data.test
-    own = {key: value.clone() for key, value in model.state_dict().items()}
+    test = run.data.test
     total = torch.zeros(len(training_images), dtype=torch.float64)
     for path in list_snapshots(run.run_dir):
         snapshot = load_snapshot(path)
-        run.load_weights(snapshot["model"])
+        model = copy.deepcopy(run.model).double().eval()
+        model.load_state_dict({key: value.double() if value.is_floating_point() else value
+                               for key, value in snapshot["model"].items()})
         params = [p for name, p in model.named_parameters() if name.startswith(names_prefix)]
 
         def gradient(image, label, adjust):
-            x = to_model_input(image[None].to(run.device), run.mean, run.std)
+            x = to_model_input(image[None].to(run.device), run.mean, run.std).double()
             loss = torch.nn.functional.cross_entropy(adjust(model(x)), label[None])
-            return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]).double()
+            return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
 
         test_gradient = gradient(test.images[test_index], test.labels[test_index], lambda z: z)
         adjust = loss_logits_of(snapshot["algorithm"])
         labels = training_labels(snapshot)
+        weights = torch.ones(len(labels), dtype=torch.float64) if training_weights is None else training_weights(snapshot)
         for i in range(len(labels)):
-            total[i] += snapshot["lr"] * gradient(training_images[i], labels[i], adjust) @ test_gradient
-    run.load_weights(own)
+            total[i] += snapshot["lr"] * weights[i] * (gradient(training_images[i], labels[i], adjust) @ test_gradient)
     return total
 
 
@@ -327,14 +333,18 @@ def test_proponent_scores_equal_brute_force_autograd_and_the_forms_agree(trained
     torch.testing.assert_close(last["labeled"][:12, 0], brute, rtol=1e-4, atol=1e-9)
     unlabeled = run.data.unlabeled
 
-    def pseudo_labels(snapshot):
+    def pseudo(snapshot):
         run.load_weights(snapshot["model"])
         logits = predict_logits(run.model, unlabeled.images[:12], run.mean, run.std, 64, run.device)
-        return run.algorithm.pseudo_labels(logits, snapshot["algorithm"]).labels
+        return run.algorithm.pseudo_labels(logits, snapshot["algorithm"])
 
-    brute = _brute_force_influence(run, 11, unlabeled.images[:12], pseudo_labels, "classifier",
-                                   lambda state: (lambda z: run.algorithm.loss_logits(z, state)))
+    weight = run.config.algorithm.unlabeled_weight / run.config.train.unlabeled_ratio  # lambda_u / mu, times the mask
+    brute = _brute_force_influence(run, 11, unlabeled.images[:12], lambda snapshot: pseudo(snapshot).labels, "classifier",
+                                   lambda state: (lambda z: run.algorithm.loss_logits(z, state)),
+                                   lambda snapshot: pseudo(snapshot).mask.double() * weight)
+    assert (brute == 0).any() and (brute != 0).any()  # some of these 12 were masked out at a snapshot, some not
     torch.testing.assert_close(last["unlabeled"][:12, 1], brute, rtol=1e-4, atol=1e-9)
+    run.load_weights(load_run(trained).model.state_dict())
     # the full form over a convolution too, against autograd over the same parameters
     deep = influence_on_test_images(run, [5], split="labeled", layers=("blocks.2.0", "classifier"))
     brute = _brute_force_influence(run, 5, labeled.images[:6], lambda snapshot: labeled.labels[:6], ("blocks.2.0", "classifier"),

@@ -50,13 +50,13 @@ def evaluate_run(run: LoadedRun, *, mc_passes: int = 0, ood_specs: tuple[str, ..
         raise UserError(f"--mc-dropout needs a model trained with dropout, but {run.run_dir} has model.dropout = 0; "
                         f"train with --set model.dropout=0.3 (for example)")
     test = run.data.test
-    in_set, out_sets = test, {}
+    in_set, out_sets, in_mask = test, {}, torch.ones(len(test.labels), dtype=torch.bool)
     if ood_classes:
         held_out = _class_indices(ood_classes, run.data.class_names)
         if len(set(held_out)) == run.data.num_classes:
             raise UserError("--ood-classes names every class: leave some as in-distribution")
         is_out = torch.isin(test.labels, torch.tensor(held_out))
-        in_set = _subset(test, ~is_out)
+        in_set, in_mask = _subset(test, ~is_out), ~is_out
         out_sets["classes_" + "_".join(run.data.class_names[c] for c in held_out)] = _subset(test, is_out)
     for spec in ood_specs:
         name, images = _load_ood(spec, run)
@@ -91,24 +91,26 @@ def evaluate_run(run: LoadedRun, *, mc_passes: int = 0, ood_specs: tuple[str, ..
     uncertainty = {"normalized entropy": normalized_entropy(probs)}
     if mc:
         uncertainty["BALD (mutual information)"] = mc["test"]["mutual_information"]
-    rows = [GalleryRow(f"highest {name}", entries_from(test.images, torch.argsort(values, descending=True, stable=True)[:GALLERY_SIZE],
-                                                     test.sample_ids, run.data.class_names, labels=test.labels,
-                                                     pseudo_labels=predicted, scores=values, score_name=name.split(" ")[0]))
+    short = {"normalized entropy": "entropy", "BALD (mutual information)": "BALD"}
+    rows = [GalleryRow(f"highest {name}", entries_from(
+                test.images, torch.argsort(values, descending=True, stable=True)[:GALLERY_SIZE], test.sample_ids,
+                run.data.class_names, labels=test.labels, pseudo_labels=predicted, scores=values,
+                score_name=short[name], pseudo_name="predicted"))
             for name, values in uncertainty.items()]
     write_gallery(out / "uncertain_gallery", rows, f"{run.run_dir.name}: the most uncertain test images "
-                  f"(label: the truth; pseudo: the prediction), step {run.step}")
+                  f"(label: the truth), step {run.step}")
     out_entropies = {}
     if out_sets:
         # the whole test set is the in-distribution set unless --ood-classes split it: reuse its passes then
         reused = (logits, mc["test"]["mutual_information"] if mc else None) if in_set is test else None
         metrics["ood"], out_entropies = _ood(run, in_set, out_sets, reused, mc_passes, batch_size, seed, out)
-    metrics["uncertainty"] = _uncertainty_view(run, test, probs, predicted, uncertainty, out_entropies, noise_std,
-                                               uncertainty_threshold, batch_size, seed, out)
+    metrics["uncertainty"] = _uncertainty_view(run, test, in_mask, probs, predicted, uncertainty, out_entropies,
+                                               noise_std, uncertainty_threshold, batch_size, seed, out)
     write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def _uncertainty_view(run: LoadedRun, test: ImageSet, probs: torch.Tensor, predicted: torch.Tensor,
+def _uncertainty_view(run: LoadedRun, test: ImageSet, in_mask: torch.Tensor, probs: torch.Tensor, predicted: torch.Tensor,
                       uncertainty: dict[str, torch.Tensor], out_entropies: dict[str, torch.Tensor], noise_std: float,
                       threshold: float, batch_size: int, seed: int, out: Path) -> dict:
     correct = predicted == test.labels
@@ -117,7 +119,8 @@ def _uncertainty_view(run: LoadedRun, test: ImageSet, probs: torch.Tensor, predi
     noise = torch.randn(test.images.shape, generator=generator) * (noise_std * 255)
     noisy = (test.images.float() + noise).round().clamp(0, 255).to(torch.uint8)
     noisy_probs = torch.softmax(_logits(run, noisy, batch_size), dim=1)
-    entropies = {"test": normalized_entropy(probs),
+    # in-distribution only: with --ood-classes, the held-out classes are an OOD set of their own here
+    entropies = {"test" if in_mask.all() else "test, in-distribution classes": normalized_entropy(probs[in_mask]),
                  f"test + Gaussian noise, std {noise_std:g}": normalized_entropy(noisy_probs),
                  **{f"OOD: {name}": values for name, values in out_entropies.items()}}
     figure = uncertainty_view_figure(curves, entropies,
@@ -165,12 +168,13 @@ def write_ood_gallery(run: LoadedRun, in_set: ImageSet, out_set: ImageSet, in_lo
         in_order = torch.argsort(scores_in[score], descending=True, stable=True)[:GALLERY_SIZE]
         rows += [GalleryRow(f"{score}: OOD images scored most in-distribution",
                             entries_from(out_set.images, out_order, out_set.sample_ids, names,
-                                         pseudo_labels=out_logits.argmax(dim=1), scores=scores_out[score], score_name=score)),
+                                         pseudo_labels=out_logits.argmax(dim=1), scores=scores_out[score], score_name=score,
+                                         pseudo_name="predicted")),
                  GalleryRow(f"{score}: test images scored most OOD",
                             entries_from(in_set.images, in_order, in_set.sample_ids, names, labels=in_set.labels,
-                                         pseudo_labels=in_logits.argmax(dim=1), scores=scores_in[score], score_name=score))]
-    write_gallery(path, rows, f"{run.run_dir.name}: the hardest cases of each OOD score (higher = more OOD; "
-                              f"pseudo: the prediction)")
+                                         pseudo_labels=in_logits.argmax(dim=1), scores=scores_in[score], score_name=score,
+                                         pseudo_name="predicted"))]
+    write_gallery(path, rows, f"{run.run_dir.name}: the hardest cases of each OOD score (higher = more OOD)")
 
 
 def _logits(run: LoadedRun, images: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch.func import functional_call, grad, vmap
 
 from debiaspl.inference import predict_logits
 from debiaspl.data.datasets import ImageSet
-from debiaspl.metrics.gallery import GalleryEntry, GalleryRow, entries_from, write_gallery
+from debiaspl.metrics.gallery import GalleryEntry, GalleryRow, entries_from, split_rows, write_gallery
 from debiaspl.metrics.influence import cluster_by_similarity, last_layer_influence, last_layer_self_influence
 from debiaspl.analysis.load_run import LoadedRun, load_snapshot
 from debiaspl.files import write_csv
@@ -81,13 +81,9 @@ def self_influence(run: LoadedRun, *, split: str = "labeled", layers: tuple[str,
 def write_influence_gallery(run: LoadedRun, split: str, images, labels: torch.Tensor, scores: torch.Tensor,
                             order: torch.Tensor) -> None:
     """The top of the ranking as images: labeled with its label; unlabeled with the hidden truth and pseudo-label."""
-    names, half = run.data.class_names, (len(order) + 1) // 2
-    truth = images.labels
-    rows = [GalleryRow(f"ranks {start + 1}-{start + len(part)}",
-                       entries_from(images.images, part, images.sample_ids, names, labels=truth,
-                                    pseudo_labels=None if split == "labeled" else labels, scores=scores,
-                                    score_name="self-influence"))
-            for start, part in ((0, order[:half]), (half, order[half:])) if len(part)]
+    rows = split_rows(entries_from(images.images, order, images.sample_ids, run.data.class_names, labels=images.labels,
+                                   pseudo_labels=None if split == "labeled" else labels, scores=scores,
+                                   score_name="self-influence"), per_row=8)
     what = "label: the training label" if split == "labeled" else "label: hidden truth; pseudo: the run's pseudo-label"
     write_gallery(output_path(run.run_dir, split).with_name(f"self_influence_{split}_gallery"), rows,
                   f"most self-influential {split} images over the snapshots ({what})")
@@ -128,14 +124,22 @@ class _TrainingSet:
     images: ImageSet
 
     def signal(self, run: LoadedRun, logits: torch.Tensor, state: dict,
-               index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(labels [N], probs [N, C] of the loss logits) of images `index` of the set (None: all of them),
-        whose logits [N, C] these are, under the algorithm state `state`."""
+               index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(labels [N], probs [N, C] float64 of the loss logits, weight [N]) of images `index` of the set
+        (None: all of them), whose logits [N, C] these are, under the algorithm state `state`.
+
+        The weight is what the training loss gives the sample relative to a labeled one: 1 for a labeled
+        image; lambda_u / mu times the mask for an unlabeled one (its loss is lambda_u * the mean over mu * B
+        samples of mask * CE), so an image the threshold left out had no gradient at that snapshot. The
+        softmax is taken in float64: for confident samples the residual p - onehot(y) is tiny, and float32
+        would leave mostly rounding in its direction.
+        """
         if self.name == "labeled":
             given = self.images.labels if index is None else self.images.labels[index]
-            return given, torch.softmax(logits, dim=1)
-        labels = run.algorithm.pseudo_labels(logits, state).labels
-        return labels, torch.softmax(run.algorithm.loss_logits(logits, state), dim=1)
+            return given, torch.softmax(logits.double(), dim=1), torch.ones(len(given), dtype=torch.float64)
+        pseudo = run.algorithm.pseudo_labels(logits, state)
+        weight = pseudo.mask.double() * run.config.algorithm.unlabeled_weight / run.config.train.unlabeled_ratio
+        return pseudo.labels, torch.softmax(run.algorithm.loss_logits(logits.double(), state), dim=1), weight
 
 
 def _training_sets(run: LoadedRun, split: str) -> list[_TrainingSet]:
@@ -164,9 +168,10 @@ def influence_on_test_images(run: LoadedRun, test_indices: list[int], *, split: 
                    batch_size: int = 256) -> dict[str, torch.Tensor]:
     """TracIn influence of every training sample on each test image: {set name: [N_set, T] float64}.
 
-    sum over snapshots of lr * grad CE(train sample) . grad CE(test image), the test image under its
+    sum over snapshots of lr * w * grad CE(train sample) . grad CE(test image), the test image under its
     true label, a labeled sample under its label, an unlabeled one under the pseudo-label and loss
-    (adaptive margin) the snapshot's algorithm state gives. Last-layer closed form, or with `layers` the
+    (adaptive margin) the snapshot's algorithm state gives, w its weight in the training loss
+    (_TrainingSet.signal: 0 where the mask left it out). Last-layer closed form, or with `layers` the
     full per-sample gradient of the parameters whose names start with them (torch.func).
     """
     test = run.data.test
@@ -184,23 +189,23 @@ def influence_on_test_images(run: LoadedRun, test_indices: list[int], *, split: 
             lr, state = snapshot["lr"], snapshot["algorithm"]
             test_logits, test_features = predict_logits(run.model, test_images, run.mean, run.std, batch_size,
                                                         run.device, with_features=True)
-            test_probs = torch.softmax(test_logits, dim=1)
+            test_probs = torch.softmax(test_logits.double(), dim=1)
             if selected:
                 test_gradients = torch.cat(list(_per_sample_gradients(run, test_images, test_labels, selected,
                                                                       batch_size, _as_is)))
             for training in sets:
                 logits, features = predict_logits(run.model, training.images.images, run.mean, run.std, batch_size,
                                                   run.device, with_features=True)
-                labels, probs = training.signal(run, logits, state)
+                labels, probs, weight = training.signal(run, logits, state)
                 if not selected:
-                    scores[training.name] += last_layer_influence(probs, labels, features, test_probs, test_labels,
-                                                                  test_features, lr)
+                    scores[training.name] += weight[:, None] * last_layer_influence(
+                        probs, labels, features, test_probs, test_labels, test_features, lr)
                     continue
                 loss_logits = _as_is if training.name == "labeled" else functools.partial(run.algorithm.loss_logits,
                                                                                           state=state)
                 rows = [gradients @ test_gradients.T for gradients in _per_sample_gradients(
                     run, training.images.images, labels, selected, batch_size, loss_logits)]
-                scores[training.name] += lr * torch.cat(rows)
+                scores[training.name] += lr * weight[:, None] * torch.cat(rows)
     return scores
 
 
@@ -238,13 +243,14 @@ def proponents_and_opponents(run: LoadedRun, test_indices: list[int], *, k: int 
     for column, index in enumerate(test_indices):
         pooled = [(name, i, float(values[i, column])) for name, values in scores.items() for i in range(len(values))]
         near = [(name, i, float(values[i, column])) for name, values in similarity.items() for i in range(len(values))]
-        ranked = {"proponent": sorted(pooled, key=lambda item: -item[2])[:k],
-                  "opponent": sorted(pooled, key=lambda item: item[2])[:k],
+        ranked = {"proponent": sorted((item for item in pooled if item[2] > 0), key=lambda item: -item[2])[:k],
+                  "opponent": sorted((item for item in pooled if item[2] < 0), key=lambda item: item[2])[:k],
                   "neighbour": sorted(near, key=lambda item: -item[2])[:k]}
         table = {"kind": [], "rank": [], "set": [], "sample_id": [], "label": [], "pseudo_label": [], "score": []}
         rows = [GalleryRow(f"test image {index}", (GalleryEntry(test.sample_ids[index], test.images[index],
                                                                names[int(test.labels[index])],
-                                                               names[int(test_logits[column].argmax())]),))]
+                                                               names[int(test_logits[column].argmax())],
+                                                               pseudo_name="predicted"),))]
         for kind, items in ranked.items():
             entries = []
             for rank, (name, i, value) in enumerate(items, start=1):
@@ -270,13 +276,18 @@ def proponents_and_opponents(run: LoadedRun, test_indices: list[int], *, k: int 
 
 
 def tracin_clusters(run: LoadedRun, class_name: str, *, num_clusters: int = 4, split: str = "both",
-                    per_row: int = 10, batch_size: int = 256) -> Path:
+                    per_row: int = 10, max_images: int = 5000, batch_size: int = 256) -> Path:
     """Clusters within one class by TracIn similarity: its labeled images and the unlabeled ones the run
     pseudo-labels with it, clustered on their unit-normalised last-layer TracIn gradients (summed over
-    snapshots). Writes influence/clusters_<class>.csv and a gallery with one row per cluster."""
+    snapshots; each image's own loss gradient, not weighted by the training mask, as for self-influence).
+    Above `max_images` an evenly spaced subset of each set is clustered. Writes
+    influence/clusters_<class>.csv and a gallery with one row per cluster."""
     names = run.data.class_names
     if class_name not in names and not (class_name.isdecimal() and int(class_name) < len(names)):
         raise UserError(f"--cluster {class_name!r}: not a class of this run ({', '.join(names)})")
+    if num_clusters < 1:
+        raise UserError(f"--clusters {num_clusters}: must be at least 1")
+    snapshots = _snapshots(run)
     target = names.index(class_name) if class_name in names else int(class_name)
     members = {}
     for training in _training_sets(run, split):
@@ -287,11 +298,15 @@ def tracin_clusters(run: LoadedRun, class_name: str, *, num_clusters: int = 4, s
             labels = run.algorithm.pseudo_labels(logits, run.algorithm_state).labels
         members[training.name] = (training, torch.nonzero(labels == target).squeeze(1))
     size = sum(len(index) for _, index in members.values())
+    if size > max_images:  # the similarity matrix is size x size float64, with a few temporaries of that size
+        members = {name: (training, index[torch.linspace(0, len(index) - 1, max(1, len(index) * max_images // size)).long()]
+                          if len(index) else index) for name, (training, index) in members.items()}
+        size = sum(len(index) for _, index in members.values())
     if size < num_clusters:
         raise UserError(f"--cluster {names[target]}: {size} images, fewer than --clusters {num_clusters}")
     gram = torch.zeros(size, size, dtype=torch.float64)
     with _restoring_weights(run):
-        for path in _snapshots(run):
+        for path in snapshots:
             snapshot = load_snapshot(path)
             run.load_weights(snapshot["model"])
             parts = []
@@ -299,7 +314,7 @@ def tracin_clusters(run: LoadedRun, class_name: str, *, num_clusters: int = 4, s
                 images = training.images.images[index]
                 logits, features = predict_logits(run.model, images, run.mean, run.std, batch_size, run.device,
                                                   with_features=True)
-                labels, probs = training.signal(run, logits, snapshot["algorithm"], index)
+                labels, probs, _ = training.signal(run, logits, snapshot["algorithm"], index)
                 parts.append((probs, labels, features))
             probs, labels, features = (torch.cat(tensors) for tensors in zip(*parts))
             gram += last_layer_influence(probs, labels, features, probs, labels, features, snapshot["lr"])
@@ -307,7 +322,10 @@ def tracin_clusters(run: LoadedRun, class_name: str, *, num_clusters: int = 4, s
     norms = gram.diagonal().clamp_min(1e-300).sqrt()
     cosine = gram / (norms[:, None] * norms[None, :])
     flat = [(training, int(i)) for training, index in members.values() for i in index]
-    centrality = torch.stack([cosine[j, clusters == clusters[j]].mean() for j in range(size)])
+    # mean cosine to the other members of its cluster (a cluster of one: 1)
+    same = clusters[:, None] == clusters[None, :]
+    others = same.sum(dim=1) - 1
+    centrality = torch.where(others > 0, ((cosine * same).sum(dim=1) - cosine.diagonal()) / others.clamp_min(1), 1.0)
     table = {"cluster": clusters.tolist(), "centrality": centrality.tolist(), "set": [t.name for t, _ in flat],
              "sample_id": [t.images.sample_ids[i] for t, i in flat],
              "label": [names[int(t.images.labels[i])] for t, i in flat]}

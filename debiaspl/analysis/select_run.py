@@ -20,7 +20,7 @@ from debiaspl.analysis.load_run import LoadedRun
 from debiaspl.metrics.selection import (acquisition_scores, inverse_marginal_weights, select_class_balanced,
                                          select_top_k)
 from debiaspl.files import write_csv
-from debiaspl.metrics.gallery import GalleryRow, entries_from, write_gallery
+from debiaspl.metrics.gallery import entries_from, split_rows, write_gallery
 from debiaspl.errors import UserError
 
 
@@ -66,10 +66,8 @@ def select_samples(run: LoadedRun, strategy: str, k: int, *, balance: bool = Fal
     path = out or run.run_dir / "selection" / f"{strategy}{'_balanced' if balance else ''}_k{k}.csv"
     write_csv(path, columns)
     shown = chosen[:SELECTION_GALLERY_SIZE]
-    rows = [GalleryRow(f"picks {start + 1}-{start + len(part)}",
-                       entries_from(pool.images, part, pool.sample_ids, names, labels=pool.labels if oracle else None,
-                                    pseudo_labels=predicted, scores=scores, score_name=strategy))
-            for start in range(0, len(shown), 10) for part in [shown[start:start + 10]]]
+    rows = split_rows(entries_from(pool.images, shown, pool.sample_ids, names, labels=pool.labels if oracle else None,
+                                   pseudo_labels=predicted, scores=scores, score_name=strategy), what="picks")
     write_gallery(path.with_name(path.stem + "_gallery"), rows,
                   f"{strategy}{' (class-balanced)' if balance else ''}: the first {len(shown)} of {len(chosen)} picks "
                   f"(pseudo: the run's pseudo-label{'; label: the hidden truth' if oracle else ''})")

@@ -213,8 +213,11 @@ class CartographyHook(Hook):
                 order = [int(i) for i in order if metrics["epochs_observed"][int(i)] > 0]
                 rows.append(GalleryRow(region, entries_from(images, order, dynamics.ids, context.class_names,
                                                             labels=dynamics.labels.cpu(), pseudo_labels=pseudo,
-                                                            scores=metrics[measure], score_name=measure)))
-            what = "given labels" if name == "labeled" else "label: hidden truth; pseudo: the last pseudo-label"
+                                                            scores=metrics[measure], score_name=measure,
+                                                            pseudo_name="raw argmax" if "before" in name else "pseudo")))
+            what = ("given labels" if name == "labeled" else
+                    "label: hidden truth; the last raw weak-view argmax" if "before" in name else
+                    "label: hidden truth; pseudo: the last pseudo-label")
             figure = write_gallery(context.run_dir / "cartography" / name / "gallery", rows,
                                    f"{name}: the samples most typical of each region after {complete} epochs ({what})")
             context.log.figure(f"cartography/{name}/gallery", figure, step)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from debiaspl.metrics.gallery import GalleryRow, entries_from, write_gallery
+from debiaspl.metrics.gallery import entries_from, split_rows, write_gallery
 from debiaspl.metrics.influence import last_layer_self_influence
 from debiaspl.files import write_csv
 from debiaspl.options import option
@@ -59,12 +59,9 @@ class InfluenceHook(Hook):
         if step == context.total_steps and self.options.gallery_size and context.labeled_images is not None:
             mean = self.state["total"].cpu() / self.state["count"].cpu().clamp_min(1)
             order = torch.argsort(mean, descending=True, stable=True)[:self.options.gallery_size]
-            half = (len(order) + 1) // 2  # two rows
-            rows = [GalleryRow(f"ranks {start + 1}-{start + len(part)}",
-                               entries_from(context.labeled_images, part, context.labeled_ids, context.class_names,
-                                            labels=context.labeled_labels.cpu(), scores=mean,
-                                            score_name="self-influence"))
-                    for start, part in ((0, order[:half]), (half, order[half:])) if len(part)]
+            rows = split_rows(entries_from(context.labeled_images, order, context.labeled_ids, context.class_names,
+                                           labels=context.labeled_labels.cpu(), scores=mean, score_name="self-influence"),
+                              per_row=8)
             figure = write_gallery(context.run_dir / "influence" / "self_influence_online_gallery", rows,
                                    "most self-influential labeled images during training (suspected mislabels or rare ones)")
             context.log.figure("influence/self_influence_gallery", figure, step)

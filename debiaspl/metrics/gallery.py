@@ -29,6 +29,7 @@ class GalleryEntry:
     pseudo_label: str | None = None    # class name of the pseudo-label (or prediction) the ranking is about
     score: float | None = None
     score_name: str = "score"
+    pseudo_name: str = "pseudo"        # what the second class is: a pseudo-label, a raw argmax, a prediction
 
 
 @dataclass(frozen=True)
@@ -38,23 +39,29 @@ class GalleryRow:
 
 
 def entries_from(images: torch.Tensor, indices, sample_ids: list[str], class_names: list[str], *,
-                 labels=None, pseudo_labels=None, scores=None, score_name: str = "score") -> tuple[GalleryEntry, ...]:
+                 labels=None, pseudo_labels=None, scores=None, index_scores=None, score_name: str = "score",
+                 pseudo_name: str = "pseudo") -> tuple[GalleryEntry, ...]:
     """GalleryEntries for rows `indices` of a set: images [N, C, H, W] uint8, sample_ids [N], and optional
-    per-sample labels / pseudo-labels (class indices, [N]) and scores ([N], or one per index: [len(indices)])."""
+    per-sample class indices `labels` / `pseudo_labels` [N] and either per-sample `scores` [N] or
+    `index_scores` [len(indices)], one per index in order."""
     indices = [int(i) for i in indices]
-    score_values = None if scores is None else np.asarray(torch.as_tensor(scores).detach().cpu().double())
-    per_index = score_values is not None and len(score_values) == len(indices) and len(score_values) != len(sample_ids)
+    if scores is not None and index_scores is not None:
+        raise ValueError("give scores (per sample) or index_scores (per index), not both")
+    per_sample = None if scores is None else np.asarray(torch.as_tensor(scores).detach().cpu().double())
+    per_index = None if index_scores is None else np.asarray(torch.as_tensor(index_scores).detach().cpu().double())
+    if per_index is not None and len(per_index) != len(indices):
+        raise ValueError(f"index_scores has {len(per_index)} values for {len(indices)} indices")
 
     def name_of(values, i):
         return None if values is None else class_names[int(values[i])]
 
     def score_of(position, i):
-        if score_values is None:
-            return None
-        return float(score_values[position] if per_index else score_values[i])
+        if per_index is not None:
+            return float(per_index[position])
+        return None if per_sample is None else float(per_sample[i])
 
     return tuple(GalleryEntry(sample_ids[i], images[i], name_of(labels, i), name_of(pseudo_labels, i),
-                              score_of(position, i), score_name)
+                              score_of(position, i), score_name, pseudo_name)
                  for position, i in enumerate(indices))
 
 
@@ -64,7 +71,7 @@ def caption(entry: GalleryEntry) -> str:
     if entry.label is not None:
         lines.append(f"label: {entry.label}")
     if entry.pseudo_label is not None:
-        lines.append(f"pseudo: {entry.pseudo_label}")
+        lines.append(f"{entry.pseudo_name}: {entry.pseudo_label}")
     if entry.score is not None:
         lines.append(f"{entry.score_name}: {_format_score(entry.score)}")
     return "\n".join(lines)
@@ -89,6 +96,9 @@ def gallery_figure(rows: list[GalleryRow], title: str, max_columns: int = 10):
         if not row.entries:
             label_axes.text(0.98, 0.15, "(none)", ha="right", va="center", fontsize=7, color="gray",
                             transform=label_axes.transAxes)
+        if len(row.entries) > max_columns:
+            label_axes.text(0.98, 0.15, f"(first {max_columns} of {len(row.entries)}; all in the CSV)", ha="right",
+                            va="center", fontsize=6.5, color="gray", transform=label_axes.transAxes)
         for c, entry in enumerate(row.entries[:max_columns]):
             axes = figure.add_subplot(grid[r, c + 1])
             image = entry.image.detach().cpu()
@@ -104,15 +114,23 @@ def gallery_figure(rows: list[GalleryRow], title: str, max_columns: int = 10):
 
 def gallery_columns(rows: list[GalleryRow]) -> dict[str, list]:
     """The CSV beside a gallery: one line per tile, in the figure's order."""
-    table = {"row": [], "position": [], "sample_id": [], "label": [], "pseudo_label": [], "score_name": [], "score": []}
+    table = {"row": [], "position": [], "sample_id": [], "label": [], "pseudo_label": [], "pseudo_name": [],
+             "score_name": [], "score": []}
     for row in rows:
         for position, entry in enumerate(row.entries, start=1):
             for key, value in (("row", row.title), ("position", position), ("sample_id", entry.sample_id),
                                ("label", entry.label or ""), ("pseudo_label", entry.pseudo_label or ""),
+                               ("pseudo_name", entry.pseudo_name if entry.pseudo_label is not None else ""),
                                ("score_name", entry.score_name if entry.score is not None else ""),
                                ("score", "" if entry.score is None else entry.score)):
                 table[key].append(value)
     return table
+
+
+def split_rows(entries: tuple[GalleryEntry, ...], per_row: int = 10, what: str = "ranks") -> list[GalleryRow]:
+    """A ranking's entries as rows of `per_row`, titled "ranks 1-10", "ranks 11-20", ..."""
+    return [GalleryRow(f"{what} {start + 1}-{start + len(entries[start:start + per_row])}", entries[start:start + per_row])
+            for start in range(0, len(entries), per_row)]
 
 
 def write_gallery(path: Path, rows: list[GalleryRow], title: str, max_columns: int = 10):
