@@ -11,13 +11,9 @@ then Cutout (DeVries & Taylor 2017). Two strong variants (``STRONG_VARIANTS``):
   (continuous) over the op's range (a signed range [-M, M] is drawn as sign * uniform(0, M),
   the same distribution); Cutout side round(uniform(0, 0.5) * size).
 
-The rest of the strong view differs between codebases too, and ``StrongAugment`` holds it: the
-fill of the geometric ops (gray 128 in the TensorFlow FixMatch code, black in the PIL-based
-kekmodel, USB and DASO code), the Cutout fill (gray 127 in kekmodel, USB's (125, 123, 114)), and
-the Cutout box (``CUTOUT_BOXES``): ``"centered"`` is the paper's square centred on a uniform pixel
-and clipped at the borders; ``"pil"`` is kekmodel's and USB's ``CutoutAbs``: a continuous uniform
-centre, the top/left corner clamped at 0 (so the box moves inside there instead of shrinking) and
-PIL's inclusive rectangle, one pixel larger than the side on each axis unless clipped.
+``StrongAugment`` holds the rest, which differs between codebases: the geometric ops' fill (TF
+FixMatch's gray 128, PIL's black 0), the Cutout fill and box (``CUTOUT_BOXES``: the paper's square
+clipped at the borders, or kekmodel's and USB's PIL ``CutoutAbs``, see ``draw_cutout``).
 
 Ops follow torchvision's tensor kernels (``transforms.v2.functional``) on uint8. Every image gets
 its own parameters, drawn on CPU from the caller's ``torch.Generator`` only, so a seed fixes the
