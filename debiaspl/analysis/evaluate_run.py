@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from debiaspl.inference import predict_logits
-from debiaspl.analysis.load_run import LoadedRun
+from debiaspl.analysis.load_run import LoadedRun, class_index
 from debiaspl.metrics.classification import classification_metrics
 from debiaspl.metrics.ood import detection_metrics, ood_scores, score_histogram_figure
 from debiaspl.metrics.plots import reliability_diagram_figure, save_figure, uncertainty_view_figure
@@ -52,7 +52,7 @@ def evaluate_run(run: LoadedRun, *, mc_passes: int = 0, ood_specs: tuple[str, ..
     test = run.data.test
     in_set, out_sets, in_mask = test, {}, torch.ones(len(test.labels), dtype=torch.bool)
     if ood_classes:
-        held_out = _class_indices(ood_classes, run.data.class_names)
+        held_out = [class_index(name, run.data.class_names, "--ood-classes") for name in ood_classes]
         if len(set(held_out)) == run.data.num_classes:
             raise UserError("--ood-classes names every class: leave some as in-distribution")
         is_out = torch.isin(test.labels, torch.tensor(held_out))
@@ -228,18 +228,6 @@ def _read_images(folder: Path, channels: int) -> torch.Tensor:
     if len(sizes) > 1:
         raise UserError(f"--ood imagefolder:{folder}: its images have different sizes {sorted(sizes)[:3]}; resize them first")
     return torch.stack(images)
-
-
-def _class_indices(names: tuple[str, ...], class_names: list[str]) -> list[int]:
-    indices = []
-    for name in names:
-        if name in class_names:
-            indices.append(class_names.index(name))
-        elif name.isdigit() and int(name) < len(class_names):
-            indices.append(int(name))
-        else:
-            raise UserError(f"--ood-classes: {name!r} is not a class of this run ({', '.join(class_names)})")
-    return indices
 
 
 def _subset(images: ImageSet, keep: torch.Tensor) -> ImageSet:

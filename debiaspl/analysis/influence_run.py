@@ -22,7 +22,7 @@ from debiaspl.inference import predict_logits
 from debiaspl.data.datasets import ImageSet
 from debiaspl.metrics.gallery import GalleryEntry, GalleryRow, entries_from, split_rows, write_gallery
 from debiaspl.metrics.influence import cluster_by_similarity, last_layer_influence, last_layer_self_influence
-from debiaspl.analysis.load_run import LoadedRun, load_snapshot
+from debiaspl.analysis.load_run import LoadedRun, class_index, load_snapshot
 from debiaspl.files import write_csv
 from debiaspl.data.loaders import to_model_input
 from debiaspl.errors import UserError
@@ -209,67 +209,68 @@ def influence_on_test_images(run: LoadedRun, test_indices: list[int], *, split: 
     return scores
 
 
-def embedding_neighbours(run: LoadedRun, test_indices: list[int], split: str = "both",
-                         batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """Cosine similarity [N_set, T] of penultimate features (the run's own weights): the kNN comparison."""
-    test_features = predict_logits(run.model, run.data.test.images[torch.as_tensor(test_indices)], run.mean, run.std,
-                                   batch_size, run.device, with_features=True)[1]
-    result = {}
-    for training in _training_sets(run, split):
-        features = predict_logits(run.model, training.images.images, run.mean, run.std, batch_size, run.device,
-                                  with_features=True)[1]
-        result[training.name] = F.normalize(features.double(), dim=1) @ F.normalize(test_features.double(), dim=1).T
-    return result
+def _own_view(run: LoadedRun, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, features) of `images` under the run's own (EMA) weights."""
+    return predict_logits(run.model, images, run.mean, run.std, batch_size, run.device, with_features=True)
 
 
 def proponents_and_opponents(run: LoadedRun, test_indices: list[int], *, k: int = 8, split: str = "both",
                              layers: tuple[str, ...] = (), batch_size: int = 256) -> list[Path]:
     """For each test image, the k strongest proponents and opponents over the training sets and its k nearest
-    neighbours in the embedding: a CSV and a gallery each under influence/proponents/. Returns the CSV paths."""
+    neighbours in the embedding (cosine of penultimate features under the run's own weights): a CSV and a
+    gallery each under influence/proponents/. Returns the CSV paths."""
     if k < 1:
         raise UserError(f"--k {k}: must be at least 1")
     scores = influence_on_test_images(run, test_indices, split=split, layers=layers, batch_size=batch_size)
-    similarity = embedding_neighbours(run, test_indices, split, batch_size)
-    sets = {s.name: s for s in _training_sets(run, split)}
-    final_pseudo = {}
-    if "unlabeled" in sets:
-        logits = predict_logits(run.model, sets["unlabeled"].images.images, run.mean, run.std, batch_size, run.device)
-        final_pseudo["unlabeled"] = run.algorithm.pseudo_labels(logits, run.algorithm_state).labels
     test, names = run.data.test, run.data.class_names
-    test_logits = predict_logits(run.model, test.images[torch.as_tensor(test_indices)], run.mean, run.std, batch_size,
-                                 run.device)
+    test_logits, test_features = _own_view(run, test.images[torch.as_tensor(test_indices)], batch_size)
+    sets = _training_sets(run, split)
+    # everything pooled over the sets, in the order of `sets`: (set, index in it) per row
+    members = [(training, i) for training in sets for i in range(len(training.images.labels))]
+    pooled_scores = torch.cat([scores[training.name] for training in sets])
+    features, pseudo = [], []
+    for training in sets:
+        logits, own_features = _own_view(run, training.images.images, batch_size)
+        features.append(own_features)
+        pseudo.append(run.algorithm.pseudo_labels(logits, run.algorithm_state).labels if training.name == "unlabeled"
+                      else torch.full((len(logits),), -1))
+    similarity = F.normalize(torch.cat(features).double(), dim=1) @ F.normalize(test_features.double(), dim=1).T
+    pseudo = torch.cat(pseudo)
     form = f"full gradient of {','.join(layers)}" if layers else "last layer"
+    snapshot_count = len(_snapshots(run))
     paths = []
     for column, index in enumerate(test_indices):
-        pooled = [(name, i, float(values[i, column])) for name, values in scores.items() for i in range(len(values))]
-        near = [(name, i, float(values[i, column])) for name, values in similarity.items() for i in range(len(values))]
-        ranked = {"proponent": sorted((item for item in pooled if item[2] > 0), key=lambda item: -item[2])[:k],
-                  "opponent": sorted((item for item in pooled if item[2] < 0), key=lambda item: item[2])[:k],
-                  "neighbour": sorted(near, key=lambda item: -item[2])[:k]}
+        column_scores = pooled_scores[:, column]
+        by_score = torch.argsort(column_scores, descending=True, stable=True)
+        ranked = {"proponent": [j for j in by_score[:k].tolist() if column_scores[j] > 0],
+                  "opponent": [j for j in by_score.flip(0)[:k].tolist() if column_scores[j] < 0],
+                  "neighbour": torch.argsort(similarity[:, column], descending=True, stable=True)[:k].tolist()}
         table = {"kind": [], "rank": [], "set": [], "sample_id": [], "label": [], "pseudo_label": [], "score": []}
         rows = [GalleryRow(f"test image {index}", (GalleryEntry(test.sample_ids[index], test.images[index],
                                                                names[int(test.labels[index])],
                                                                names[int(test_logits[column].argmax())],
                                                                pseudo_name="predicted"),))]
-        for kind, items in ranked.items():
+        titles = {"proponent": "proponents (lower its loss)", "opponent": "opponents (raise its loss)",
+                  "neighbour": "embedding neighbours"}
+        for kind, chosen in ranked.items():
+            values = similarity[:, column] if kind == "neighbour" else column_scores
             entries = []
-            for rank, (name, i, value) in enumerate(items, start=1):
-                images = sets[name].images
-                pseudo = names[int(final_pseudo[name][i])] if name in final_pseudo else None
-                for key, cell in (("kind", kind), ("rank", rank), ("set", name), ("sample_id", images.sample_ids[i]),
-                                  ("label", names[int(images.labels[i])]), ("pseudo_label", pseudo or ""),
-                                  ("score", value)):
+            for rank, j in enumerate(chosen, start=1):
+                training, i = members[j]
+                images, value = training.images, float(values[j])
+                label, pseudo_label = names[int(images.labels[i])], names[int(pseudo[j])] if pseudo[j] >= 0 else None
+                for key, cell in (("kind", kind), ("rank", rank), ("set", training.name),
+                                  ("sample_id", images.sample_ids[i]), ("label", label),
+                                  ("pseudo_label", pseudo_label or ""), ("score", value)):
                     table[key].append(cell)
-                entries.append(GalleryEntry(images.sample_ids[i], images.images[i], names[int(images.labels[i])],
-                                            pseudo, value, "cosine" if kind == "neighbour" else "TracIn"))
-            title = {"proponent": "proponents (lower its loss)", "opponent": "opponents (raise its loss)",
-                     "neighbour": "embedding neighbours"}[kind]
-            rows.append(GalleryRow(title, tuple(entries)))
+                entries.append(GalleryEntry(images.sample_ids[i], images.images[i], label, pseudo_label, value,
+                                            "cosine" if kind == "neighbour" else "TracIn"))
+            rows.append(GalleryRow(titles[kind], tuple(entries)))
         path = run.run_dir / "influence" / "proponents" / f"test_{index}.csv"
         write_csv(path, table)
         write_gallery(path.with_name(f"test_{index}_gallery"), rows,
                       f"test image {index} ({test.sample_ids[index]}): TracIn proponents and opponents ({form}, "
-                      f"{len(_snapshots(run))} snapshots) and embedding neighbours (label: the truth or given label; "
+                      f"{snapshot_count} snapshots) and embedding neighbours (label: the truth or given label; "
                       f"pseudo: the run's pseudo-label, or the test prediction)")
         paths.append(path)
     return paths
@@ -283,12 +284,10 @@ def tracin_clusters(run: LoadedRun, class_name: str, *, num_clusters: int = 4, s
     Above `max_images` an evenly spaced subset of each set is clustered. Writes
     influence/clusters_<class>.csv and a gallery with one row per cluster."""
     names = run.data.class_names
-    if class_name not in names and not (class_name.isdecimal() and int(class_name) < len(names)):
-        raise UserError(f"--cluster {class_name!r}: not a class of this run ({', '.join(names)})")
+    target = class_index(class_name, names, "--cluster")
     if num_clusters < 1:
         raise UserError(f"--clusters {num_clusters}: must be at least 1")
     snapshots = _snapshots(run)
-    target = names.index(class_name) if class_name in names else int(class_name)
     members = {}
     for training in _training_sets(run, split):
         if training.name == "labeled":

@@ -82,6 +82,15 @@ def _check_same_data(data: TrainingData, run_dir: Path) -> None:
                             f"{info[key]} then, {data.summary()[key]} now); point --data-root at the same data")
 
 
+def class_index(name: str, class_names: list[str], flag: str) -> int:
+    """A class given by name or index on the command line (`flag` names the option in the error)."""
+    if name in class_names:
+        return class_names.index(name)
+    if name.isdecimal() and int(name) < len(class_names):
+        return int(name)
+    raise UserError(f"{flag}: {name!r} is not a class of this run ({', '.join(class_names)})")
+
+
 def load_snapshot(path: Path) -> dict:
     """A snapshots/step_*.pt file: step, lr (of the step that produced it), model weights, algorithm state."""
     state = load_checkpoint(path)

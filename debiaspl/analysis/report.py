@@ -112,8 +112,9 @@ def group_rows(records: list[RunRecord]) -> list[Row]:
     varying = [key for key in all_keys if key != "algorithm.name"
                and len({repr(record.setting_keys[key]) for record in records if key in record.setting_keys}) > 1]
     # Keys that a protocol sets vary with it: name the protocol instead of listing them all.
-    by_protocol = [key for key in varying if len({record.protocol for record in records}) > 1 and all(
-        len({repr(r.setting_keys.get(key)) for r in records if r.protocol == record.protocol}) == 1 for record in records)]
+    protocols = {record.protocol for record in records}
+    by_protocol = [key for key in varying if len(protocols) > 1 and all(
+        len({repr(r.setting_keys.get(key)) for r in records if r.protocol == protocol}) == 1 for protocol in protocols)]
     varying = [key for key in varying if key not in by_protocol]
     rows: dict[tuple[str, str], Row] = {}
     for record in records:

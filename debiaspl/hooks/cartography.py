@@ -134,6 +134,7 @@ class CartographyHook(Hook):
         super().__init__(options)
         self._pending_state: dict | None = None
         self._written_step = -1
+        self._metrics: dict[str, dict] = {}
 
     def on_train_start(self, context: RunContext) -> None:
         self.context, opts = context, self.options
@@ -196,15 +197,15 @@ class CartographyHook(Hook):
             self.write_galleries(step)
 
     def write_galleries(self, step: int) -> None:
-        """The images most typical of each region of each map, with label, pseudo-label and the region's measure."""
+        """The images most typical of each region of each map, with label, pseudo-label and the region's measure
+        (from the metrics write_outputs computed at this step)."""
         context = self.context
         for name, dynamics in self.maps.items():
             complete = dynamics.epochs_complete(step)
             images = context.labeled_images if name == "labeled" else context.unlabeled_images
-            if complete == 0 or images is None:
+            if name not in self._metrics or images is None:
                 continue
-            metrics = training_dynamics_metrics(dynamics.target_prob[:, :complete].cpu().float(),
-                                                dynamics.correct[:, :complete].cpu())
+            metrics = self._metrics[name]
             pseudo = dynamics.last_label.cpu() if dynamics.last_label is not None else None
             rows = []
             for region, measure in (("easy-to-learn", "confidence"), ("ambiguous", "variability"),
@@ -230,6 +231,7 @@ class CartographyHook(Hook):
         if step == self._written_step:
             return
         self._written_step = step
+        self._metrics = {}  # of this step, per map: write_galleries reuses them
         log, scalars = self.context.log, {}
         for name, dynamics in self.maps.items():
             complete = dynamics.epochs_complete(step)
@@ -238,6 +240,7 @@ class CartographyHook(Hook):
             # to the host first: the float copy of an N x E map can be large
             metrics = training_dynamics_metrics(dynamics.target_prob[:, :complete].cpu().float(),
                                                 dynamics.correct[:, :complete].cpu())
+            self._metrics[name] = metrics
             folder = self.context.run_dir / "cartography" / name
             figure = data_map_figure(metrics["confidence"], metrics["variability"], metrics["correctness"],
                                      f"{name} data map, {complete} epochs (step {step})")

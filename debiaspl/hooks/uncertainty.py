@@ -67,14 +67,16 @@ class UncertaintyHook(IntervalHook):
                 for view in self.views}
 
     def accumulate(self, sums: dict[str, dict[str, torch.Tensor]], record: StepRecord) -> None:
-        self.latest["entropy"][record.idx_ulb] = normalized_entropy(record.probs_pseudo).float()
-        self.latest["pseudo_label"][record.idx_ulb] = record.pseudo_labels
         for view in self.views:
             probs = record.probs_weak if view == "before_debiasing" else record.probs_pseudo
-            self._accumulate_view(sums[view], probs, record)
+            entropy = self._accumulate_view(sums[view], probs, record)
+            if view != "before_debiasing":  # the view pseudo-labels come from: kept per sample for the gallery
+                self.latest["entropy"][record.idx_ulb] = entropy.float()
+                self.latest["pseudo_label"][record.idx_ulb] = record.pseudo_labels
 
     @staticmethod
-    def _accumulate_view(sums: dict[str, torch.Tensor], probs: torch.Tensor, record: StepRecord) -> None:
+    def _accumulate_view(sums: dict[str, torch.Tensor], probs: torch.Tensor, record: StepRecord) -> torch.Tensor:
+        """Add one step's view to its sums; returns its normalized entropy [N]."""
         entropy = normalized_entropy(probs)
         confidence, labels = probs.max(dim=1)
         correct = labels == record.y_ulb
@@ -90,6 +92,7 @@ class UncertaintyHook(IntervalHook):
         sums["masked_sum"].index_add_(0, masked.long(), entropy.double())
         sums["masked_count"].index_add_(0, masked.long(), torch.ones_like(labels))
         calibration_update(sums["cal_count"], sums["cal_confidence"], sums["cal_correct"], confidence, correct.double())
+        return entropy
 
     def log_interval(self, step: int, sums: dict[str, dict[str, torch.Tensor]], record: StepRecord):
         if int(sums[self.views[0]]["all"].sum()) == 0:
