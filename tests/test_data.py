@@ -140,3 +140,20 @@ def test_missing_cifar_without_download_names_the_root(tmp_path):
     from debiaspl.data.datasets import load_source
     with pytest.raises(UserError, match=f"data.root='{tmp_path}'.*--set data.dataset=imagefolder"):
         load_source("cifar10", str(tmp_path), download=False)
+
+
+def test_load_source_decodes_a_dataset_once_per_process(monkeypatch, tmp_path):
+    from debiaspl.data import datasets
+
+    calls = []
+
+    def counting_loader(root, download):
+        calls.append(root)
+        return datasets.load_digits(root, download)
+    monkeypatch.setitem(datasets.DATASETS, "counted", counting_loader)
+    first = datasets.load_source("counted", str(tmp_path), False)
+    assert datasets.load_source("counted", str(tmp_path / "." / ""), False) is first   # the same folder, spelt otherwise
+    assert len(calls) == 1
+    datasets.load_source("counted", str(tmp_path / "other"), False)   # another root: decoded, and replaces the first
+    datasets.load_source("counted", str(tmp_path), False)
+    assert len(calls) == 3
