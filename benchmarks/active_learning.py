@@ -119,17 +119,26 @@ def main() -> None:
                 balanced[strategy][seed].append((num_labels, results["balanced_acc"]))
                 print(f"seed {seed} {strategy} round {round_index}: {num_labels} labels, top1 {results['top1']:.4f}, "
                       f"balanced {results['balanced_acc']:.4f}")
-    class_names = first_run.data.class_names
+        done = seeds[:seeds.index(seed) + 1]  # written after every seed, so a stopped invocation keeps what it finished
+        write_report(args, done, {name: {s: top1[name][s] for s in done} for name in strategies},
+                     {name: {s: balanced[name][s] for s in done} for name in strategies},
+                     {name: {s: picked_classes[name][s] for s in done} for name in strategies},
+                     first_run.data.class_names)
+
+
+def write_report(args, seeds: list[int], top1, balanced, picked_classes, class_names: list[str]) -> None:
+    strategies = list(top1)
     report = {"experiment": str(args.experiment), "overrides": args.overrides, "steps": args.steps, "k": args.k,
               "seeds": seeds, "top1": top1, "balanced_acc": balanced, "picked_per_class": picked_classes,
               "class_names": class_names}
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    seed_list = ",".join(map(str, seeds))
     save_figure(accuracy_curve_figure(top1, "test top-1", f"active learning, {args.k} labels per round, "
-                                      f"mean over seeds {args.seeds} (bars: range)"),
+                                      f"mean over seeds {seed_list} (bars: range)"),
                 args.out / "accuracy_vs_labels.png")
-    print(f"\ntest top-1, mean over seeds {args.seeds} (each seed in brackets):")
+    print(f"\ntest top-1, mean over seeds {seed_list} (each seed in brackets):")
     print("labels  " + "  ".join(f"{name:>26s}" for name in strategies))
-    for round_index in range(args.rounds + 1):
+    for round_index in range(len(top1[strategies[0]][seeds[0]])):
         cells = []
         for name in strategies:
             values = [top1[name][seed][round_index][1] for seed in seeds]
