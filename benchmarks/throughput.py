@@ -26,7 +26,7 @@ import torch
 
 from debiaspl.config import load_experiment, replace_dotted, to_dict
 from debiaspl.data.prepare import prepare_data
-from debiaspl.device import resolve_device
+from debiaspl.device import resolve_device, use_bf16
 from debiaspl.engine.run_log import RunLog
 from debiaspl.engine.timing import StepTimer
 from debiaspl.engine.trainer import Trainer
@@ -85,6 +85,7 @@ def main() -> None:
         "experiment": str(args.experiment), "overrides": args.overrides, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "bf16_autocast": use_bf16(config.train.precision, device),
         "config": {key: to_dict(config)[key] for key in ("model", "train", "data")},
         "steps": args.steps, "step_seconds": step_seconds, "wall_seconds_per_step": wall / args.steps,
         "steps_per_second": 1 / step_seconds, "images_per_second": images_per_step / step_seconds,
