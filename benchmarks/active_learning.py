@@ -49,7 +49,7 @@ def accuracy_curve_figure(curves: dict[str, dict[int, list[tuple[int, float]]]],
                       capsize=3, label=name)
     axes.set_xlabel("labeled images")
     axes.set_ylabel(metric)
-    axes.set_title(title)
+    axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -73,7 +73,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="training steps of every round")
     parser.add_argument("--seeds", default="0", help="comma-separated training (and random-pick) seeds")
     parser.add_argument("--out", type=Path, default=Path("runs/active_learning"))
+    parser.add_argument("--replot", action="store_true",
+                        help="train nothing: redraw the curve and reprint the tables from --out's report.json")
     args = parser.parse_args()
+    if args.replot:
+        report = json.loads((args.out / "report.json").read_text())
+        by_seed = {key: {name: {int(seed): [tuple(point) for point in points] for seed, points in seeds.items()}
+                         for name, seeds in report[key].items()} for key in ("top1", "balanced_acc")}
+        picked = {name: {int(seed): rounds for seed, rounds in seeds.items()}
+                  for name, seeds in report["picked_per_class"].items()}
+        args.experiment, args.overrides = report["experiment"], report["overrides"]
+        args.steps, args.k = report["steps"], report["k"]
+        write_report(args, report["seeds"], by_seed["top1"], by_seed["balanced_acc"], picked, report["class_names"])
+        return
 
     strategies = args.strategies.split(",")
     seeds = [int(seed) for seed in args.seeds.split(",")]
