@@ -182,6 +182,7 @@ def test_device_accumulators_never_read_values():
     assert normalized_entropy(meta(8, 4)).shape == (8,)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_device_accumulators_do_not_sync_on_cuda():
     cuda = torch.device("cuda")

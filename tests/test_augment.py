@@ -363,6 +363,7 @@ def test_randaugment_draws_the_variant_slots():
         assert not torch.equal(slot.levels, slot.levels.round())
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_gpu_matches_cpu_for_the_same_seed():
     x = _images(64, 3, 32)

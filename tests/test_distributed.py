@@ -56,7 +56,8 @@ def test_two_processes_match_one(tmp_path, augment_on, algorithm):
                     "-m", "debiaspl", "train", str(tmp_path / "two.yaml")]
         two = subprocess.run(torchrun + until, capture_output=True, text=True)
         assert two.returncode == 0, two.stderr[-3000:]
-    assert json.loads((run_folder(configs["two"]) / "run_info.json").read_text())["processes"] == 2
+    run_info = json.loads((run_folder(configs["two"]) / "run_info.json").read_text())
+    assert run_info["processes"] == 2 and run_info["distributed_backend"] == "gloo"
     trajectory_one, trajectory_two = marginal_trajectory(configs["one"]), marginal_trajectory(configs["two"])
     assert trajectory_one.shape == (4, 10)
     assert torch.allclose(trajectory_one, trajectory_two, atol=1e-6)
@@ -78,3 +79,24 @@ def test_two_processes_match_one(tmp_path, augment_on, algorithm):
     for row_one, row_two in zip(hook_rows["one"], hook_rows["two"]):
         for tag in ("drift/kl_to_true", "drift/precision/0", "drift/debias_changed", "drift/imbalance_ratio"):
             assert row_one[tag] == pytest.approx(row_two[tag], abs=1e-6, nan_ok=True), tag
+
+
+def test_backend_is_nccl_only_when_every_process_has_a_gpu(monkeypatch):
+    from debiaspl.engine.distributed import Distributed
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    two_on_one_gpu = Distributed(rank=1, world_size=2, local_rank=1, local_world_size=2)
+    assert two_on_one_gpu.backend("cuda") == "gloo" and two_on_one_gpu.cuda_device() == torch.device("cuda", 0)
+    assert two_on_one_gpu.backend("cpu") == "gloo"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert two_on_one_gpu.backend("cuda") == "nccl" and two_on_one_gpu.cuda_device() == torch.device("cuda", 1)
+    # four processes over two machines of two GPUs: each machine counts its own
+    assert Distributed(rank=3, world_size=4, local_rank=1, local_world_size=2).backend("cuda") == "nccl"
+
+
+def test_local_world_size_comes_from_torchrun(monkeypatch):
+    from debiaspl.engine.distributed import Distributed
+
+    for key, value in {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    assert Distributed.from_environment() == Distributed(3, 4, 1, 2)

@@ -22,14 +22,16 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes on this machine
 
     @classmethod
     def from_environment(cls) -> "Distributed":
-        """What torchrun set (WORLD_SIZE, RANK, LOCAL_RANK); one process otherwise."""
+        """What torchrun set (WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE); one process otherwise."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size == 1:
             return cls()
-        return cls(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")),
+                   int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size))))
 
     @property
     def enabled(self) -> bool:
@@ -40,9 +42,20 @@ class Distributed:
         """Rank 0 writes the logs, checkpoints and files."""
         return self.rank == 0
 
+    def cuda_device(self) -> torch.device:
+        """This process's GPU: one each while there are enough, shared round-robin beyond that."""
+        return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+
+    def backend(self, device_type: str) -> str:
+        """nccl when every process has a GPU of its own; gloo on the CPU and where processes share a GPU
+        (nccl refuses two ranks on one device; gloo carries CUDA tensors too, more slowly)."""
+        if device_type == "cuda" and self.local_world_size <= torch.cuda.device_count():
+            return "nccl"
+        return "gloo"
+
     def start(self, device_type: str) -> None:
         if self.enabled and not dist.is_initialized():
-            dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+            dist.init_process_group(self.backend(device_type))
 
     def check_divides(self, name: str, size: int) -> None:
         if size % self.world_size:

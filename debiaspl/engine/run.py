@@ -99,7 +99,7 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
         config = replace_dotted(config, "data.label_file", str(label_copy))
     device = resolve_device(config.train.device)
     if distributed.enabled and device.type == "cuda":
-        device = torch.device("cuda", distributed.local_rank)
+        device = distributed.cuda_device()
         torch.cuda.set_device(device)
     distributed.start(device.type)
     if config.train.deterministic:
@@ -120,6 +120,8 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
             raise UserError(f"cannot write the run folder {run_dir} (logging.run_dir / logging.run_name): {exc}") from None
         write_json(run_dir / RUN_INFO_NAME, {**data.summary(), "device": str(device),
                                              "processes": distributed.world_size,
+                                             "distributed_backend": (distributed.backend(device.type)
+                                                                     if distributed.enabled else None),
                                              "bf16_autocast": use_bf16(config.train.precision, device),
                                              "protocol": config.protocol,
                                              "protocol_deviations": {key: {"protocol": ours, "run": theirs}
