@@ -95,3 +95,10 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def stop(self) -> None:
+        """Tear the process group down while the interpreter still runs: left to exit, gloo's threads
+        were once destroyed still joinable, and a rank aborted ("terminate called without an active
+        exception") after its run had finished."""
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()

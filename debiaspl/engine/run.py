@@ -160,6 +160,7 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     elif trainer.step < config.train.steps:
         say(f"{run_dir}: paused at step {trainer.step} of {config.train.steps}; run again to continue")
     distributed.barrier()  # nobody reads the folder before rank 0 finished writing it
+    distributed.stop()
     return results
 
 
