@@ -131,11 +131,8 @@ def main() -> None:
                 balanced[strategy][seed].append((num_labels, results["balanced_acc"]))
                 print(f"seed {seed} {strategy} round {round_index}: {num_labels} labels, top1 {results['top1']:.4f}, "
                       f"balanced {results['balanced_acc']:.4f}")
-        done = seeds[:seeds.index(seed) + 1]  # written after every seed, so a stopped invocation keeps what it finished
-        write_report(args, done, {name: {s: top1[name][s] for s in done} for name in strategies},
-                     {name: {s: balanced[name][s] for s in done} for name in strategies},
-                     {name: {s: picked_classes[name][s] for s in done} for name in strategies},
-                     first_run.data.class_names)
+        # after every seed (the dicts hold the finished ones), so a stopped invocation keeps what it finished
+        write_report(args, seeds[:seeds.index(seed) + 1], top1, balanced, picked_classes, first_run.data.class_names)
 
 
 def write_report(args, seeds: list[int], top1, balanced, picked_classes, class_names: list[str]) -> None:

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from debiaspl.hooks.cartography import CartographyOptions
 from debiaspl.inference import predict_logits
@@ -33,7 +32,7 @@ from debiaspl.metrics.gallery import entries_from, split_rows, write_gallery
 from debiaspl.metrics.classification import shot_groups
 from debiaspl.metrics.influence import precision_recall_at_k
 from debiaspl.analysis.influence_run import self_influence
-from debiaspl.analysis.load_run import load_run
+from debiaspl.analysis.load_run import cartography_metric, load_run
 from debiaspl.config import HookConfig, load_experiment, replace_dotted
 from debiaspl.engine.run import run_folder, train_run
 from debiaspl.hooks import InfluenceHook
@@ -49,13 +48,6 @@ def most_confused_classes(run) -> list[int]:
         mean[cls] = -1.0
         targets.append(int(mean.argmax()))
     return targets
-
-
-def _cartography_confidence(run) -> torch.Tensor:
-    """Cartography's confidence (mean probability of the given label over epochs) of each labeled image."""
-    path = run.run_dir / "cartography" / "labeled" / "td_metrics.jsonl"
-    confidence = {row["guid"]: row["confidence"] for row in map(json.loads, path.read_text().splitlines())}
-    return torch.tensor([confidence[sample_id] for sample_id in run.data.labeled.sample_ids], dtype=torch.float64)
 
 
 def write_top_k_gallery(path: Path, run, rankings: dict[str, torch.Tensor], true_labels: torch.Tensor,
@@ -145,20 +137,21 @@ def rank(run_dir: Path, flips_path: Path, args, extra: dict) -> None:
                                 for sample_id, label in zip(labeled.sample_ids, labeled.labels)])
     k = int(is_flipped.sum())
 
-    offline = self_influence(run)["last_layer"]
-    online_rows = list(csv.DictReader(open(run.run_dir / "influence" / "self_influence_online.csv")))
-    online_by_id = {row["sample_id"]: float(row["mean"]) for row in online_rows}
+    offline = self_influence(run)  # also the loss of every labeled image under the run's own weights
+    with open(run.run_dir / "influence" / "self_influence_online.csv", newline="") as handle:
+        online_by_id = {row["sample_id"]: float(row["mean"]) for row in csv.DictReader(handle)}
     online = torch.tensor([online_by_id[sample_id] for sample_id in labeled.sample_ids])
-    logits = predict_logits(run.model, labeled.images, run.mean, run.std, 256, run.device)
-    loss = F.cross_entropy(logits, labeled.labels, reduction="none")
-    random_scores = torch.rand(len(loss), generator=torch.Generator().manual_seed(args.seed))
-    rankings = {"tracin_last_layer_offline": offline, "tracin_last_layer_online": online,
-                "cartography_low_confidence": -_cartography_confidence(run), "loss": loss, "random": random_scores}
+    loss = offline["loss"]
+    seed = extra.get("seed", args.seed)  # with --rank-only, the training invocation's
+    random_scores = torch.rand(len(loss), generator=torch.Generator().manual_seed(seed))
+    confidence = cartography_metric(run, "labeled", "confidence", "the cartography ranking")
+    rankings = {"tracin_last_layer_offline": offline["last_layer"], "tracin_last_layer_online": online,
+                "cartography_low_confidence": -confidence, "loss": loss, "random": random_scores}
     groups = shot_groups(run.data.labeled_counts)
     group_of = {cls: group for group, classes in groups.items() for cls in classes}
     results = json.loads((run.run_dir / "results.json").read_text())
     report = {"experiment": str(args.experiment), "overrides": args.overrides, "steps": results["step"],
-              "seed": args.seed, "labeled": len(loss), "flipped": k, "flip_to": args.flip_to, **extra,
+              "seed": seed, "labeled": len(loss), "flipped": k, "flip_to": args.flip_to, **extra,
               "noisy_run_top1": results.get("top1"), "k": k, "expected_random_precision": k / len(loss),
               "shot_groups": {group: [names[c] for c in classes] for group, classes in groups.items()},
               "rankings": {}}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import tempfile
 import time
@@ -26,7 +25,7 @@ import torch
 
 from debiaspl.config import load_experiment, replace_dotted, to_dict
 from debiaspl.data.prepare import prepare_data
-from debiaspl.device import resolve_device, use_bf16
+from debiaspl.device import cpu_model_name, resolve_device, use_bf16
 from debiaspl.engine.run_log import RunLog
 from debiaspl.engine.timing import StepTimer
 from debiaspl.engine.trainer import Trainer
@@ -83,7 +82,7 @@ def main() -> None:
     images_per_step = config.train.batch_size * (1 + 2 * config.train.unlabeled_ratio)
     result = {
         "experiment": str(args.experiment), "overrides": args.overrides, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "bf16_autocast": use_bf16(config.train.precision, device),
         "config": {key: to_dict(config)[key] for key in ("model", "train", "data")},

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -32,20 +31,12 @@ from pathlib import Path
 
 import torch
 
+from debiaspl.device import cpu_model_name
+
 REPO = Path(__file__).resolve().parent.parent
 PEER = REPO.parent / "shared" / "peers" / "usb"
 JPEG_COPY = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 EXPERIMENT = REPO / "experiments" / "cifar10lt_protocol.yaml"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_peak_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
@@ -142,7 +133,7 @@ def main() -> None:
     peaks = {"fp32": matmul_peak_flops(torch.float32)}
     if ours_bf16:
         peaks["bf16"] = matmul_peak_flops(torch.bfloat16)
-    print(f"\n{cpu_name()}, {torch.get_num_threads()} torch threads; WRN-28-2 training step: "
+    print(f"\n{cpu_model_name()}, {torch.get_num_threads()} torch threads; WRN-28-2 training step: "
           f"{flops / 1e9:.3f} GFLOP per image; matmul peak "
           + ", ".join(f"{name} {value / 1e9:.0f} GFLOP/s" for name, value in peaks.items()))
     for row in rows:
@@ -156,7 +147,7 @@ def main() -> None:
               f"{'bf16' if ours_bf16 else 'fp32'} peak)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"cpu": cpu_name(), "torch": torch.__version__,
+        args.json.write_text(json.dumps({"cpu": cpu_model_name(), "torch": torch.__version__,
                                          "threads": torch.get_num_threads(), "flops_per_image": flops,
                                          "matmul_peak_flops": peaks, "rows": rows}, indent=2) + "\n")
 

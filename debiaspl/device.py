@@ -27,6 +27,20 @@ def cpu_flags() -> frozenset[str]:
         return frozenset()
 
 
+@functools.cache
+def cpu_model_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (the machine beside every timing); the platform's otherwise."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether the forward pass runs under bf16 autocast (train.precision: bf16, fp32 or auto)."""
     if precision != "auto":

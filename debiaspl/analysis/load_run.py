@@ -91,6 +91,20 @@ def class_index(name: str, class_names: list[str], flag: str) -> int:
     raise UserError(f"{flag}: {name!r} is not a class of this run ({', '.join(class_names)})")
 
 
+def cartography_metric(run: LoadedRun, split: str, column: str, needed_by: str) -> torch.Tensor:
+    """[N] float64 of one td_metrics.jsonl column (confidence, variability, correctness) the cartography hook
+    wrote for `split` ("labeled" or "unlabeled"), in the run's sample order; NaN for images not yet mapped.
+    `needed_by` names what reads it, for the error when the hook did not run."""
+    path = run.run_dir / "cartography" / split / "td_metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{needed_by} reads {path}, which is not there: train with the cartography hook "
+                        f"on (hooks: [{{name: cartography}}]); its maps appear after the first complete epoch")
+    values = {row["guid"]: row[column] for row in map(json.loads, path.read_text().splitlines())}
+    images = run.data.labeled if split == "labeled" else run.data.unlabeled
+    return torch.tensor([values.get(sample_id) if values.get(sample_id) is not None else float("nan")
+                         for sample_id in images.sample_ids], dtype=torch.float64)
+
+
 def load_snapshot(path: Path) -> dict:
     """A snapshots/step_*.pt file: step, lr (of the step that produced it), model weights, algorithm state."""
     state = load_checkpoint(path)

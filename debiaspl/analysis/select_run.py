@@ -8,7 +8,6 @@ column. Filled in, the file goes back into the next experiment as `data.label_fi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ import torch
 from debiaspl.analysis.evaluate_run import mc_dropout_scores
 from debiaspl.inference import predict_logits
 from debiaspl.analysis.influence_run import self_influence
-from debiaspl.analysis.load_run import LoadedRun
+from debiaspl.analysis.load_run import LoadedRun, cartography_metric
 from debiaspl.metrics.selection import (acquisition_scores, inverse_marginal_weights, select_class_balanced,
                                          select_top_k)
 from debiaspl.files import write_csv
@@ -41,7 +40,7 @@ def select_samples(run: LoadedRun, strategy: str, k: int, *, balance: bool = Fal
             raise UserError("--strategy bald needs MC Dropout: train with --set model.dropout=0.3 (for example)")
         inputs["mutual_information"] = mc_dropout_scores(run, pool.images, mc_passes, batch_size, seed)["mutual_information"]
     elif strategy == "ambiguity":
-        inputs["variability"] = _cartography_variability(run)
+        inputs["variability"] = cartography_metric(run, "unlabeled", "variability", "--strategy ambiguity")
     elif strategy == "self_influence":
         inputs["self_influence"] = self_influence(run, split="unlabeled", batch_size=batch_size, write=False)["last_layer"]
     elif strategy == "random":
@@ -72,14 +71,3 @@ def select_samples(run: LoadedRun, strategy: str, k: int, *, balance: bool = Fal
                   f"{strategy}{' (class-balanced)' if balance else ''}: the first {len(shown)} of {len(chosen)} picks "
                   f"(pseudo: the run's pseudo-label{'; label: the hidden truth' if oracle else ''})")
     return path
-
-
-def _cartography_variability(run: LoadedRun) -> torch.Tensor:
-    """Variability of each unlabeled image from the cartography hook's td_metrics.jsonl."""
-    path = run.run_dir / "cartography" / "unlabeled" / "td_metrics.jsonl"
-    if not path.is_file():
-        raise UserError(f"--strategy ambiguity reads {path}, which is not there: train with the cartography hook "
-                        f"on (hooks: [{{name: cartography}}]); its maps appear after the first complete epoch")
-    variability = {row["guid"]: row["variability"] for row in map(json.loads, path.read_text().splitlines())}
-    return torch.tensor([variability.get(sample_id) if variability.get(sample_id) is not None else float("nan")
-                         for sample_id in run.data.unlabeled.sample_ids], dtype=torch.float64)
