@@ -48,13 +48,30 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return bf16_is_fast(device)
 
 
+def augments_on_device(augment_on: str, device: torch.device) -> bool:
+    """Whether batches are augmented on the training device after the copy (data.augment_on)."""
+    return augment_on == "device" or (augment_on == "auto" and device.type == "cuda")
+
+
+def machine_choices(precision: str, augment_on: str, device: torch.device) -> dict:
+    """What this machine made of the settings that depend on it, and what decided it (run_info.json)."""
+    flags = cpu_flags()
+    return {"cpu": cpu_model_name(), "torch_threads": torch.get_num_threads(),
+            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "cpu_bf16_instructions": [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags],
+            "bf16_autocast": use_bf16(precision, device),
+            "augment_on_device": augments_on_device(augment_on, device)}
+
+
 def bf16_is_fast(device: torch.device, flags: frozenset[str] | None = None) -> bool:
     """Whether bf16 autocast is the faster choice on this device (train.precision: auto).
 
-    On CPUs only where bf16 runs in hardware (AVX512-BF16 or AMX): torch's own check (mkldnn bf16
-    support) also says yes where bf16 is emulated on plain AVX-512, which is slower than float32.
+    On CPUs only with AMX tiles: torch's own check (mkldnn bf16 support) also says yes where bf16 is
+    emulated on plain AVX-512, which is slower than float32, and AVX512-BF16 without AMX was slower
+    too where we measured it (a Xeon with AMX switched off: WRN-28-2's step 715 ms in bf16 against
+    485-521 ms in fp32; README, "Which precision `auto` picks").
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     flags = cpu_flags() if flags is None else flags
-    return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & flags)
+    return device.type == "cpu" and "amx_bf16" in flags

@@ -116,6 +116,9 @@ def test_cli_end_to_end(tiny, tmp_path):
         assert (run_dir / name).is_file(), name
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["labeled_counts"] == [20, 16, 13, 11, 9, 8, 6, 5, 4, 4]
+    machine = info["machine"]  # what the machine-dependent settings resolved to, and why
+    assert machine["cpu"] and machine["torch_threads"] >= 1 and machine["augment_on_device"] is False
+    assert machine["bf16_autocast"] == ("amx_bf16" in machine["cpu_bf16_instructions"]) == info["bf16_autocast"]
     events = EventAccumulator(str(run_dir)).Reload()
     tags = set(events.Tags()["scalars"])
     assert "data/split/text_summary" in events.Tags()["tensors"]
@@ -161,8 +164,9 @@ def test_speed_options_train(tiny, train):
 def test_precision_auto_takes_bf16_only_where_the_hardware_has_it():
     from debiaspl.device import bf16_is_fast, use_bf16
     cpu = torch.device("cpu")
-    assert bf16_is_fast(cpu, frozenset({"avx512f", "avx512_bf16"})) and bf16_is_fast(cpu, frozenset({"amx_bf16"}))
+    assert bf16_is_fast(cpu, frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}))
     assert not bf16_is_fast(cpu, frozenset({"avx512f", "avx512bw"}))  # bf16 only emulated: slower than fp32
+    assert not bf16_is_fast(cpu, frozenset({"avx512f", "avx512_bf16"}))  # measured slower than fp32 without AMX
     assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
 
 

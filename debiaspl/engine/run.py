@@ -15,7 +15,7 @@ from debiaspl.config import (EXECUTION_KEYS, ExperimentConfig, flatten, load_sav
 from debiaspl.config.protocols import NO_PROTOCOL
 from debiaspl.data.datasets import check_source_available
 from debiaspl.data.prepare import prepare_data
-from debiaspl.device import resolve_device, use_bf16
+from debiaspl.device import machine_choices, resolve_device, use_bf16
 from debiaspl.engine.distributed import Distributed
 from debiaspl.engine.run_log import NullLog, RunLog
 from debiaspl.engine.trainer import Trainer
@@ -123,6 +123,8 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
                                              "distributed_backend": (distributed.backend(device.type)
                                                                      if distributed.enabled else None),
                                              "bf16_autocast": use_bf16(config.train.precision, device),
+                                             "machine": machine_choices(config.train.precision,
+                                                                        config.data.augment_on, device),
                                              "protocol": config.protocol,
                                              "protocol_deviations": {key: {"protocol": ours, "run": theirs}
                                                                      for key, (ours, theirs) in deviations.items()}})

@@ -22,7 +22,7 @@ from debiaspl.algorithm import AlgorithmState, StepInputs, StepOutput
 from debiaspl.config import ExperimentConfig, to_dict
 from debiaspl.data.loaders import TrainBatch, UnaugmentedBatch, augment_batch, to_model_input, train_loader
 from debiaspl.data.prepare import TrainingData, strong_augmentation
-from debiaspl.device import use_bf16
+from debiaspl.device import augments_on_device, use_bf16
 from debiaspl.engine.checkpoint import capture_rng_state, restore_rng_state
 from debiaspl.engine.distributed import Distributed
 from debiaspl.engine.evaluate import evaluate_model, evaluate_pseudo_labels
@@ -87,8 +87,7 @@ class Trainer:
         self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.bf16 = use_bf16(config.train.precision, device)
-        self.augment_on_device = config.data.augment_on == "device" or (
-            config.data.augment_on == "auto" and device.type == "cuda")
+        self.augment_on_device = augments_on_device(config.data.augment_on, device)
         self.strong_augment = strong_augmentation(config.data)
         self.ema = ModelEMA(self.model, config.train.ema_decay, warmup=config.train.ema_warmup,
                             average_buffers=config.train.ema_buffers == "average")
