@@ -17,11 +17,13 @@ from debiaspl.data.datasets import check_source_available
 from debiaspl.data.prepare import prepare_data
 from debiaspl.device import machine_choices, resolve_device, use_bf16
 from debiaspl.engine.distributed import Distributed
+from debiaspl.engine.guard import NonFiniteWatch
 from debiaspl.engine.run_log import NullLog, RunLog
 from debiaspl.engine.trainer import Trainer
 from debiaspl.errors import UserError
 from debiaspl.files import write_json
-from debiaspl.run_folder import CHECKPOINT_NAME, CONFIG_NAME, LABEL_FILE_COPY, RESULTS_NAME, RUN_INFO_NAME, load_run_checkpoint
+from debiaspl.run_folder import (CHECKPOINT_NAME, CONFIG_NAME, LABEL_FILE_COPY, RESULTS_NAME, RUN_INFO_NAME,
+                                 RunFolderLock, load_run_checkpoint, remove_stale_temporaries, way_back)
 
 
 # Keys that may differ when a run resumes: those that never change the trained weights, and two
@@ -85,6 +87,18 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     """
     run_dir = run_folder(config)
     distributed = Distributed.from_environment()  # one process, or one of those torchrun started
+    lock = RunFolderLock(run_dir) if distributed.is_main else None
+    if lock is not None and run_dir.is_dir():  # refuse a second writer before reading anything
+        lock.acquire()
+    try:
+        return _train_into(run_dir, config, until_step, distributed, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_into(run_dir: Path, config: ExperimentConfig, until_step: int | None, distributed: Distributed,
+                lock: RunFolderLock | None) -> dict:
     say = print if distributed.is_main else _silent
     state = saved_state(config)
     finished = finished_results(config)
@@ -110,9 +124,21 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
         say(f"protocol {config.protocol}" + (", except " + ", ".join(
             f"{key} = {theirs} ({config.protocol}: {ours})" for key, (ours, theirs) in deviations.items())
             if deviations else ""))
+    # A refused resume (a damaged or mismatched checkpoint) must leave the folder as it was: load the
+    # state before anything is written.
+    trainer = Trainer(config, data, device, distributed=distributed)
+    if state is not None:
+        restore(trainer, state, run_dir / CHECKPOINT_NAME)
     if distributed.is_main:
         try:  # the folder is made only once the data loaded, so a mistake there leaves nothing behind
             run_dir.mkdir(parents=True, exist_ok=True)
+            locked_late = lock is not None and not lock.held  # the folder did not exist when the run began
+            if locked_late:
+                lock.acquire()
+            if locked_late and (run_dir / CONFIG_NAME).exists():
+                raise UserError(f"another process started {run_dir} while this one loaded its data; "
+                                f"run the same command again to resume it")
+            remove_stale_temporaries(run_dir)  # what a writer killed mid-checkpoint left
             save_config(config, run_dir / CONFIG_NAME)
             if config.data.label_file and state is None:
                 shutil.copyfile(config.data.label_file, label_copy)
@@ -137,9 +163,6 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
             f"on the unlabeled set accuracy {teacher['unlabeled_accuracy']:.4f}, class-histogram KL to the truth "
             f"{teacher['unlabeled_kl_to_true']:.4f}, may fill in for {teacher['fill_in_fraction']:.1%}")
 
-    trainer = Trainer(config, data, device, distributed=distributed)
-    if state is not None:
-        trainer.load_state_dict(state)
     # Also from step 0: a run that died before its first checkpoint leaves logs to drop.
     log = RunLog(run_dir, resume_step=trainer.step) if distributed.is_main else NullLog()
     if state is None:
@@ -164,6 +187,21 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     distributed.barrier()  # nobody reads the folder before rank 0 finished writing it
     distributed.stop()
     return results
+
+
+def restore(trainer: Trainer, state: dict, checkpoint: Path) -> None:
+    """Load a checkpoint into the trainer, or refuse it in one line naming the file (nothing is written)."""
+    try:
+        trainer.load_state_dict(state)
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot resume from {checkpoint}: it does not fit this run ({detail[:200]}); "
+                        f"{way_back(checkpoint)}") from None
+    loaded = {**{f"model.{name}": value for name, value in state["model"].items()},
+              **{f"algorithm.{name}": value for name, value in state["algorithm"].items()}}
+    NonFiniteWatch.check_tensors(loaded, trainer.step, f"{checkpoint} holds it, so the run cannot resume from it; "
+                                 f"{way_back(checkpoint)}")
+    trainer.last_checkpoint = f"step {trainer.step}"
 
 
 def _silent(*args, **kwargs) -> None:

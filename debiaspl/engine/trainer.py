@@ -26,6 +26,7 @@ from debiaspl.device import augments_on_device, use_bf16
 from debiaspl.engine.checkpoint import capture_rng_state, restore_rng_state
 from debiaspl.engine.distributed import Distributed
 from debiaspl.engine.evaluate import evaluate_model, evaluate_pseudo_labels
+from debiaspl.engine.guard import NonFiniteWatch
 from debiaspl.engine.monitor import PseudoLabelMonitor
 from debiaspl.engine.optim import build_optimizer, build_scheduler
 from debiaspl.engine.run_log import RunLog
@@ -104,6 +105,8 @@ class Trainer:
         self.algorithm = config.algorithm.build()
         self.algorithm_state = self.algorithm.initial_state(data.num_classes, len(data.unlabeled.labels), device)
         self.monitor = PseudoLabelMonitor(device)
+        self.watch = NonFiniteWatch(device)
+        self.last_checkpoint: str | None = None  # "step S" of the newest checkpoint this run folder holds
         # Hooks run where the files are written; every process takes part in gathering their records.
         self.hooks = [HOOKS[hook.name](hook.options) for hook in config.hooks] if self.dist.is_main else []
         self.gather_records = bool(config.hooks) and self.dist.enabled
@@ -134,6 +137,7 @@ class Trainer:
             trained = self.train_step(batch)
             state_before, self.algorithm_state = self.algorithm_state, trained.result.state
             monitor.update(trained.result, batch.y_ulb)
+            self.watch.update(self.step, trained.result.loss)
             steps_timed += 1
             progress.update(1)
             if self.hooks or self.gather_records:
@@ -143,6 +147,9 @@ class Trainer:
                         hook.on_step_end(record)
 
             is_last = self.step == total_steps
+            if is_last or self.step == end_step or any(self.step % interval == 0 for interval in (
+                    cfg.logging.log_interval, cfg.eval.interval, cfg.logging.checkpoint_interval)):
+                self._check_finite()  # before anything is logged, evaluated or saved from this step
             with timer.section("logging"):
                 if self.step % cfg.logging.log_interval == 0 or is_last:
                     steps_per_second = steps_timed / max(time.perf_counter() - interval_start, 1e-9)
@@ -164,6 +171,7 @@ class Trainer:
             if cfg.logging.snapshot_interval and (self.step % cfg.logging.snapshot_interval == 0 or is_last):
                 # TracIn sums over these with the learning rate of the step that produced each (Pruthi et al.
                 # 2020), as the online influence hook does.
+                self._check_finite_state()
                 save_checkpoint({"format": CHECKPOINT_FORMAT, "step": self.step, "lr": trained.lr,
                                  "algorithm": state_on(self.algorithm_state, "cpu"), "model": self.model.state_dict()},
                                 snapshot_path(run_dir, self.step))
@@ -171,11 +179,32 @@ class Trainer:
                 if self.step == end_step:  # hooks write their final summaries into the last checkpoint's state
                     for hook in self.hooks:
                         hook.on_train_end(self.step)
-                save_checkpoint(self.state_dict(), checkpoint_path)
+                self._check_finite_state()
+                save_checkpoint(self.state_dict(), checkpoint_path, keep_previous=True)
+                self.last_checkpoint = f"step {self.step}"
         progress.close()
         if not metrics and self.step == total_steps and self.dist.is_main:  # resumed from the final checkpoint
             metrics = self.evaluate()
         return metrics
+
+    def _kept(self) -> str:
+        return (f"the last good checkpoint ({self.last_checkpoint}) is kept" if self.last_checkpoint
+                else "no checkpoint had been written")
+
+    def _check_finite(self) -> None:
+        """Stop every process if any process saw a non-finite loss (one host sync, at the loop's sync points)."""
+        diverged = (self.watch.first_bad_step >= 0).float()
+        if bool(self.dist.sum(diverged) > 0 if self.dist.enabled else diverged > 0):
+            if int(self.watch.first_bad_step) < 0:  # another process saw it first
+                self.watch.first_bad_step.fill_(self.step)
+            self.watch.check(self._kept())
+
+    def _check_finite_state(self) -> None:
+        """The weights, the EMA and the algorithm state (q_hat) must be finite before they are saved."""
+        tensors = {**{f"model.{name}": value for name, value in self.model.state_dict().items()},
+                   **{f"ema.{name}": value for name, value in self.ema.module.state_dict().items()},
+                   **{f"algorithm.{name}": value for name, value in self.algorithm_state.items()}}
+        NonFiniteWatch.check_tensors(tensors, self.step, self._kept())
 
     def loader(self, start_step: int, end_step: int):
         """Batches for steps [start_step, end_step), augmented in the workers unless that happens on the device."""

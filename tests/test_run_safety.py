@@ -1,0 +1,150 @@
+"""What a run folder guarantees: damaged checkpoints refused, refused resumes leave it as it was,
+divergence stops the run before it overwrites anything good, one writer at a time, no leftovers."""
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from debiaspl.config import save_config
+from debiaspl.engine.run import run_folder, train_run
+from debiaspl.errors import UserError
+from debiaspl.run_folder import (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, RESULTS_NAME, RunFolderLock,
+                                 load_checkpoint, save_checkpoint)
+
+
+def folder_digest(folder):
+    """Every file's relative path and bytes (and every symlink's target): equal digests, equal folders."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def debiaspl_train(*args):
+    return subprocess.run([sys.executable, "-m", "debiaspl", "train", *map(str, args)], capture_output=True, text=True)
+
+
+def test_each_checkpoint_keeps_the_one_before(tiny):
+    config = tiny(logging={"checkpoint_interval": 2})
+    train_run(config)
+    run_dir = run_folder(config)
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["step"] == 6
+    assert load_checkpoint(run_dir / PREVIOUS_CHECKPOINT_NAME)["step"] == 4
+
+
+def test_flipped_bytes_inside_a_tensor_are_refused_naming_the_file(tiny):
+    config = tiny()
+    train_run(config, until_step=3)
+    path = run_folder(config) / CHECKPOINT_NAME
+    weight = load_checkpoint(path)["model"]["classifier.weight"]
+    raw = bytearray(path.read_bytes())
+    start = raw.find(weight.numpy().tobytes()[:64])
+    assert start > 0
+    raw[start:start + 64] = bytes(b ^ 0xFF for b in raw[start:start + 64])
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"is damaged: 1 tensor\(s\) do not match .*model.classifier.weight"):
+        load_checkpoint(path)
+    with pytest.raises(UserError, match="damaged"):
+        train_run(config)
+
+
+def test_the_message_points_to_the_previous_checkpoint(tiny):
+    config = tiny(logging={"checkpoint_interval": 2})
+    train_run(config, until_step=4)
+    run_dir = run_folder(config)
+    (run_dir / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match=f"{PREVIOUS_CHECKPOINT_NAME}: move it over"):
+        train_run(config)
+
+
+@pytest.mark.parametrize("damage", ["step_not_a_number", "weight_of_another_shape", "nan_in_q_hat", "nan_in_a_weight"])
+def test_a_refused_resume_leaves_the_run_folder_as_it_was(tiny, tmp_path, damage):
+    config = tiny()
+    train_run(config, until_step=3)
+    run_dir = run_folder(config)
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    if damage == "step_not_a_number":
+        state["step"] = "ten"
+    elif damage == "weight_of_another_shape":
+        state["model"]["classifier.weight"] = torch.zeros(3, 3)
+    elif damage == "nan_in_q_hat":
+        state["algorithm"]["class_marginal"][0] = float("nan")
+    else:
+        state["model"]["classifier.weight"][0, 0] = float("nan")
+    save_checkpoint(state, run_dir / CHECKPOINT_NAME)
+    before = folder_digest(run_dir)
+    proc = debiaspl_train("--resume", run_dir)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("debiaspl: error: ") and str(run_dir / CHECKPOINT_NAME) in lines[0]
+    assert folder_digest(run_dir) == before
+
+
+def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_writes_no_results(tiny):
+    config = tiny(logging={"checkpoint_interval": 2})
+    train_run(config, until_step=2)
+    run_dir = run_folder(config)
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    state["model"]["classifier.weight"].fill_(3e38)  # finite, but the logits overflow: the loss is not
+    save_checkpoint(state, run_dir / CHECKPOINT_NAME)
+    saved = (run_dir / CHECKPOINT_NAME).read_bytes()
+    with pytest.raises(UserError, match=r"diverged: the loss was not finite at step 3 .*; the last good "
+                                        r"checkpoint \(step 2\) is kept; no results"):
+        train_run(config)
+    assert (run_dir / CHECKPOINT_NAME).read_bytes() == saved
+    assert not (run_dir / RESULTS_NAME).exists()
+
+
+def test_a_learning_rate_of_a_million_stops_with_exit_2(tiny, tmp_path):
+    config = tiny(optim={"lr": 1e6}, train={"steps": 20})
+    path = tmp_path / "huge_lr.yaml"
+    save_config(config, path)
+    proc = debiaspl_train(path)
+    assert proc.returncode == 2 and "training diverged" in proc.stderr, proc.stderr
+    run_dir = run_folder(config)
+    assert not (run_dir / RESULTS_NAME).exists()
+    if (run_dir / CHECKPOINT_NAME).exists():  # what was saved was saved before the divergence
+        state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tiny, tmp_path):
+    config = tiny()
+    train_run(config, until_step=3)
+    run_dir = run_folder(config)
+    path = tmp_path / "tiny.yaml"
+    save_config(config, path)
+    lock = RunFolderLock(run_dir)
+    lock.acquire()  # as a training process would
+    try:
+        before = folder_digest(run_dir)
+        proc = debiaspl_train(path)
+        assert proc.returncode == 2 and "is being written by process" in proc.stderr, proc.stderr
+        assert folder_digest(run_dir) == before
+    finally:
+        lock.release()
+    assert debiaspl_train(path).returncode == 0
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tiny):
+    config = tiny()
+    train_run(config, until_step=3)
+    run_dir = run_folder(config)
+    RunFolderLock(run_dir).path.write_text("process 999999 on a machine that died\n")  # file there, lock not held
+    assert train_run(config)["step"] == 6
+    assert not RunFolderLock(run_dir).path.exists()
+
+
+def test_resume_removes_the_temporary_files_a_kill_left(tiny):
+    config = tiny()
+    train_run(config, until_step=3)
+    run_dir = run_folder(config)
+    leftover = run_dir / f".{CHECKPOINT_NAME}.k1ll3d.tmp"
+    leftover.write_bytes(b"\0" * 1024)
+    train_run(config)
+    assert not leftover.exists()
