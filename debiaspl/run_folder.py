@@ -159,12 +159,27 @@ def list_snapshots(run_dir: Path) -> list[Path]:
     return sorted((run_dir / SNAPSHOT_FOLDER).glob("step_*.pt"))
 
 
-def require_run_folder(run_dir: Path) -> Path:
-    """The folder, resolved, or a UserError saying what is missing."""
+def require_run_folder(run_dir: Path, needs_checkpoint: bool = True) -> Path:
+    """The folder, resolved, or a UserError saying what is missing (a run killed before its first
+    checkpoint has only its config: `needs_checkpoint=False` accepts it, to resume from step 0)."""
     run_dir = run_dir.resolve()
-    if not (run_dir / CONFIG_NAME).is_file() or not (run_dir / CHECKPOINT_NAME).is_file():
-        raise UserError(f"{run_dir} is not a run folder with a checkpoint (no {CONFIG_NAME} or {CHECKPOINT_NAME} in it)")
+    if not (run_dir / CONFIG_NAME).is_file():
+        raise UserError(f"{run_dir} is not a run folder (no {CONFIG_NAME} in it)")
+    if needs_checkpoint and not (run_dir / CHECKPOINT_NAME).is_file():
+        raise UserError(f"{run_dir} has no {CHECKPOINT_NAME} yet (the run stopped before its first one): resume it "
+                        f"from step 0 with `debiaspl train --resume {run_dir}`")
+    refuse_symlinks(run_dir)
     return run_dir
+
+
+def refuse_symlinks(run_dir: Path) -> None:
+    """A run folder holds only real files and folders: a planted link (a downloaded run's config.yaml or
+    eval/ pointing elsewhere) would make us read or write outside it."""
+    for path in run_dir.rglob("*"):
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link (to {os.readlink(path)}); a run folder holds only real files "
+                            f"and folders, so debiaspl neither reads nor writes through it: replace it with a copy "
+                            f"or remove it")
 
 
 class RunFolderLock:

@@ -148,3 +148,34 @@ def test_resume_removes_the_temporary_files_a_kill_left(tiny):
     leftover.write_bytes(b"\0" * 1024)
     train_run(config)
     assert not leftover.exists()
+
+
+@pytest.mark.parametrize("planted", ["config.yaml", "label_file.csv", "eval"])
+def test_a_planted_symlink_in_a_run_folder_is_refused(tiny, tmp_path, planted):
+    config = tiny()
+    train_run(config, until_step=3)
+    run_dir = run_folder(config)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / planted
+    if planted == "eval":
+        target.mkdir()
+    else:
+        if (run_dir / planted).exists():
+            target.write_bytes((run_dir / planted).read_bytes())
+            (run_dir / planted).unlink()
+        else:
+            target.write_text("sample,label\n")
+    (run_dir / planted).symlink_to(target, target_is_directory=planted == "eval")
+    before = folder_digest(outside)
+    with pytest.raises(UserError, match=f"{planted} is a symbolic link"):
+        train_run(config)
+    proc = subprocess.run([sys.executable, "-m", "debiaspl", "eval", str(run_dir)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "is a symbolic link" in proc.stderr, proc.stderr
+    assert folder_digest(outside) == before
+
+
+@pytest.mark.parametrize("name", ["../escaped", "a/b", "..", "."])
+def test_a_run_name_cannot_leave_the_run_dir(tiny, name):
+    with pytest.raises(UserError, match="logging.run_name .* single folder name"):
+        train_run(tiny(logging={"run_name": name}))

@@ -23,7 +23,8 @@ from debiaspl.engine.trainer import Trainer
 from debiaspl.errors import UserError
 from debiaspl.files import write_json
 from debiaspl.run_folder import (CHECKPOINT_NAME, CONFIG_NAME, LABEL_FILE_COPY, RESULTS_NAME, RUN_INFO_NAME,
-                                 RunFolderLock, load_run_checkpoint, remove_stale_temporaries, way_back)
+                                 RunFolderLock, load_run_checkpoint, refuse_symlinks, remove_stale_temporaries,
+                                 way_back)
 
 
 # Keys that may differ when a run resumes: those that never change the trained weights, and two
@@ -33,7 +34,12 @@ RESUME_SAFE_KEYS = EXECUTION_KEYS | {"eval.interval", "eval.use_ema", "data.labe
 
 
 def run_folder(config: ExperimentConfig) -> Path:
-    return Path(config.logging.run_dir) / config.logging.run_name
+    """logging.run_dir / logging.run_name; the name is one folder name, so a run never lands elsewhere."""
+    name = config.logging.run_name
+    if not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name:
+        raise UserError(f"logging.run_name = {name!r}: must be a single folder name (no '/', not '.' or '..'); "
+                        f"put the folder it goes in into logging.run_dir")
+    return Path(config.logging.run_dir) / name
 
 
 def finished_results(config: ExperimentConfig) -> dict | None:
@@ -91,6 +97,8 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     if lock is not None and run_dir.is_dir():  # refuse a second writer before reading anything
         lock.acquire()
     try:
+        if run_dir.is_dir():
+            refuse_symlinks(run_dir)
         return _train_into(run_dir, config, until_step, distributed, lock)
     finally:
         if lock is not None:
