@@ -179,3 +179,29 @@ def test_a_planted_symlink_in_a_run_folder_is_refused(tiny, tmp_path, planted):
 def test_a_run_name_cannot_leave_the_run_dir(tiny, name):
     with pytest.raises(UserError, match="logging.run_name .* single folder name"):
         train_run(tiny(logging={"run_name": name}))
+
+
+def test_after_a_kill_the_resumed_logs_hold_each_step_once(tiny):
+    """What a run killed after logging step 4 but before its next checkpoint (step 6) left past its
+    checkpoint at step 3 is dropped on resume: TensorBoard's purge step, metrics.jsonl rewritten."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    config = tiny()
+    train_run(config, until_step=3)
+    run_dir = run_folder(config)
+    killed = SummaryWriter(str(run_dir))  # the killed process's last writes, never checkpointed
+    killed.add_scalar("train/loss", 1234.0, 4)
+    killed.close()
+    with open(run_dir / "metrics.jsonl", "a") as metrics:
+        metrics.write(json.dumps({"step": 4, "train/loss": 1234.0}) + "\n" + '{"step": 5, "train/lo')  # cut mid-line
+    train_run(config)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    pairs = [(line["step"], key) for line in lines for key in line if key != "step"]  # eval and train share a step
+    assert len(pairs) == len(set(pairs)) and [line["step"] for line in lines] == sorted(line["step"] for line in lines)
+    assert 1234.0 not in [line.get("train/loss") for line in lines]
+    events = EventAccumulator(str(run_dir)).Reload().Scalars("train/loss")
+    assert [event.step for event in events] == sorted({event.step for event in events})
+    assert 1234.0 not in [event.value for event in events]
