@@ -32,8 +32,8 @@ def debias_logits_file(logits_path: Path, *, tau: float, momentum: float, batch_
     """
     if passes not in (1, 2):
         raise UserError(f"--passes {passes}: must be 1 or 2")
-    if tau < 0:
-        raise UserError(f"--tau {tau}: must be >= 0")
+    if not math.isfinite(tau) or tau < 0:  # nan passes a plain `tau < 0` and would make every label nan
+        raise UserError(f"--tau {tau}: must be a finite number >= 0")
     if not 0 <= momentum < 1:
         raise UserError(f"--momentum {momentum}: must be in [0, 1)")
     if batch_size < 1:
@@ -41,9 +41,13 @@ def debias_logits_file(logits_path: Path, *, tau: float, momentum: float, batch_
     if threshold is not None and not 0 <= threshold <= 1:
         raise UserError(f"--threshold {threshold}: must be in [0, 1]")
     logits = _load_array(logits_path, "logits")
-    if logits.ndim != 2 or logits.shape[1] < 2 or logits.shape[0] < 1 or not np.issubdtype(logits.dtype, np.number):
-        raise UserError(f"{logits_path}: expected numeric logits of shape [N, C] with C >= 2, "
+    # real numbers only: np.number also admits complex, whose imaginary part torch's .float() would drop with
+    # a warning; bool is not np.number either, so strings, objects and bools are refused here too
+    real = np.issubdtype(logits.dtype, np.integer) or np.issubdtype(logits.dtype, np.floating)
+    if logits.ndim != 2 or logits.shape[1] < 2 or logits.shape[0] < 1 or not real:
+        raise UserError(f"{logits_path}: expected real-valued (integer or float) logits of shape [N, C] with C >= 2, "
                         f"got {logits.dtype} of shape {logits.shape}")
+    _check_finite(logits, logits_path, batch_size)
     num_samples, num_classes = logits.shape
     labels = None
     if labels_path is not None:
@@ -100,6 +104,22 @@ def _describe(predicted: torch.Tensor, confidence: torch.Tensor, labels: torch.T
         if confident is not None:
             result["accuracy_confident"] = correct[confident].mean().item() if confident.any() else math.nan
     return result
+
+
+FINITE_CHECK_BLOCK = 1 << 24  # values read at a time when checking the logits for nan and inf (64 MB of float32)
+
+
+def _check_finite(logits: np.ndarray, path: Path, batch_size: int) -> None:
+    """Refuse nan or inf anywhere in the logits, reading a memory-mapped file a block of rows at a time."""
+    if not np.issubdtype(logits.dtype, np.floating):
+        return  # integers are always finite
+    rows = max(batch_size, FINITE_CHECK_BLOCK // logits.shape[1])  # memory stays bounded, calls stay few
+    for start in range(0, logits.shape[0], rows):
+        block = logits[start:start + rows]
+        if not np.isfinite(block).all():
+            bad = np.argwhere(~np.isfinite(block))[0]
+            raise UserError(f"{path}: the logits must be finite, but row {start + bad[0]}, column {bad[1]} "
+                            f"is {block[bad[0], bad[1]]}")
 
 
 def _load_array(path: Path, what: str) -> np.ndarray:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from debiaspl.inference import predict_logits
@@ -21,7 +20,7 @@ from debiaspl.metrics.gallery import GalleryRow, entries_from, write_gallery
 from debiaspl.metrics.predictive import MCDropoutAccumulator, brier_score, negative_log_likelihood
 from debiaspl.metrics.uncertainty import (accuracy_by_uncertainty, calibration_update, expected_calibration_error,
                                            normalized_entropy, rejection_curve)
-from debiaspl.data.datasets import IMAGE_SUFFIXES, ImageSet, load_source
+from debiaspl.data.datasets import IMAGE_SUFFIXES, ImageSet, decode_image, load_source, quiet_bomb_warnings
 from debiaspl.errors import UserError
 
 CALIBRATION_BINS = 15
@@ -45,7 +44,6 @@ def evaluate_run(run: LoadedRun, *, mc_passes: int = 0, ood_specs: tuple[str, ..
     if not 0 <= uncertainty_threshold <= 1:
         raise UserError(f"--uncertainty-threshold {uncertainty_threshold}: must be in [0, 1] (normalized entropy)")
     out = run.run_dir / "eval"
-    out.mkdir(exist_ok=True)
     if mc_passes and run.config.model.dropout == 0:
         raise UserError(f"--mc-dropout needs a model trained with dropout, but {run.run_dir} has model.dropout = 0; "
                         f"train with --set model.dropout=0.3 (for example)")
@@ -63,6 +61,7 @@ def evaluate_run(run: LoadedRun, *, mc_passes: int = 0, ood_specs: tuple[str, ..
         if name in out_sets:  # two folders with the same name: keep both
             name = f"{name}_{len(out_sets) + 1}"
         out_sets[name] = ImageSet(images, torch.full((len(images),), -1), [f"{name}/{i}" for i in range(len(images))])
+    out.mkdir(exist_ok=True)  # only now: a mistake in the arguments or the OOD sets leaves no eval/ behind
 
     logits = _logits(run, test.images, batch_size)
     probs = torch.softmax(logits, dim=1)
@@ -214,16 +213,14 @@ def _load_ood(spec: str, run: LoadedRun) -> tuple[str, torch.Tensor]:
 
 def _read_images(folder: Path, channels: int) -> torch.Tensor:
     """Every image below `folder` (flat or in sub-folders), as the run's channel count, [N, C, H, W] uint8."""
-    from PIL import Image
-
     files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise UserError(f"--ood imagefolder:{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) below it")
     images = []
-    for path in files:
-        with Image.open(path) as image:
-            array = torch.from_numpy(np.array(image.convert("L" if channels == 1 else "RGB")))
-        images.append(array[None] if channels == 1 else array.permute(2, 0, 1))
+    with quiet_bomb_warnings():  # decode_image refuses an over-large image itself, naming it
+        for path in files:
+            array = torch.from_numpy(decode_image(path, "L" if channels == 1 else "RGB"))
+            images.append(array[None] if channels == 1 else array.permute(2, 0, 1))
     sizes = {tuple(image.shape) for image in images}
     if len(sizes) > 1:
         raise UserError(f"--ood imagefolder:{folder}: its images have different sizes {sorted(sizes)[:3]}; resize them first")

@@ -7,10 +7,12 @@ train pool in debiaspl.data.prepare, so every source gets the same treatment.
 from __future__ import annotations
 
 import difflib
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -139,12 +141,14 @@ def _class_folders(folder: Path) -> list[str]:
     names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not names:
         raise UserError(f"image folder {folder} has no class sub-folders")
+    if len(names) == 1:
+        # one class leaves nothing to pseudo-label between: every prediction would be that class
+        raise UserError(f"image folder {folder} has a single class sub-folder ({names[0]}): semi-supervised "
+                        f"learning needs at least two class folders, one per class")
     return names
 
 
 def _decode_split(folder: Path, class_names: list[str], base: Path) -> ImageSet:
-    from PIL import Image, UnidentifiedImageError
-
     files, labels = [], []
     for index, name in enumerate(class_names):
         members = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -154,14 +158,10 @@ def _decode_split(folder: Path, class_names: list[str], base: Path) -> ImageSet:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
 
     def decode(path: Path) -> torch.Tensor:
-        try:
-            with Image.open(path) as image:
-                return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise UserError(f"cannot decode image {path}: {exc}") from None
+        return torch.from_numpy(decode_image(path, "RGB")).permute(2, 0, 1)
 
     # Pillow's decoders release the GIL, so threads give a real speed-up here.
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with quiet_bomb_warnings(), ThreadPoolExecutor(max_workers=4) as pool:
         images = list(pool.map(decode, files, chunksize=256))
     shape = images[0].shape
     for path, image in zip(files, images):
@@ -170,3 +170,46 @@ def _decode_split(folder: Path, class_names: list[str], base: Path) -> ImageSet:
                             f"resize the folder's images to one size first")
     ids = [str(p.relative_to(base)) for p in files]
     return ImageSet(torch.stack(images).contiguous(), torch.as_tensor(labels, dtype=torch.long), ids)
+
+
+# What Pillow raises for a file it cannot read or that is corrupt: UnidentifiedImageError and "image file
+# is truncated" are OSErrors; broken headers and tiles surface as SyntaxError, ValueError or EOFError.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+
+
+def decode_image(path: Path, mode: str) -> np.ndarray:
+    """One image file as a uint8 array in Pillow `mode` ("RGB": [H, W, 3], "L": [H, W]).
+
+    A file that cannot be decoded, or whose header declares more than Image.MAX_IMAGE_PIXELS pixels,
+    is a UserError naming it. Pillow itself raises only above twice that limit and merely warns
+    between the two, then decodes the whole image; the header check below refuses both before a
+    pixel is decoded, whatever the warning filters say.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and image.width * image.height > limit:
+                raise UserError(f"image {path} is refused as a possible decompression bomb: it declares "
+                                f"{image.width} x {image.height} = {image.width * image.height} pixels, over "
+                                f"PIL.Image.MAX_IMAGE_PIXELS = {limit}; remove it or shrink it")
+            return np.array(image.convert(mode))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # the latter under -W error
+        raise UserError(f"image {path} is refused as a possible decompression bomb: {exc}; remove it or shrink it") from None
+    except _DECODE_ERRORS as exc:
+        raise UserError(f"cannot decode image {path} ({type(exc).__name__}: {exc}); replace or remove it") from None
+
+
+@contextmanager
+def quiet_bomb_warnings() -> Iterator[None]:
+    """Silence Pillow's DecompressionBombWarning (decode_image refuses those images itself, with one line).
+
+    Enter it once around a whole folder, in the calling thread: the filters are process-wide, and
+    entering catch_warnings in several threads at once would restore them out of order.
+    """
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield

@@ -148,6 +148,14 @@ def read_label_file(path: Path, class_names: list[str]) -> dict[str, int]:
             rows = list(csv.DictReader(handle))
     except OSError as exc:
         raise UserError(f"data.label_file = {str(path)!r}: cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # e.g. a spreadsheet's Latin-1 or UTF-16 export
+        # exc.start counts from the decoder's current chunk, not the file's start: not worth printing
+        raise UserError(f"data.label_file {path}: not UTF-8 text ({exc.reason}, {exc.object[exc.start:exc.start + 1]!r}); "
+                        f"it must be a UTF-8 CSV: save it again as \"CSV UTF-8\"") from None
+    except csv.Error as exc:  # a NUL byte, say: a binary file, or UTF-16 that happened to decode
+        raise UserError(f"data.label_file {path}: not a readable CSV ({exc}); it must be a UTF-8 CSV") from None
+    if rows and any("\x00" in (key or "") for key in rows[0]):  # UTF-16 without a BOM decodes, NULs and all
+        raise UserError(f"data.label_file {path}: holds NUL bytes (UTF-16, or not text); it must be a UTF-8 CSV")
     if rows and not {"sample_id", "label"} <= set(rows[0]):
         raise UserError(f"data.label_file {path}: needs a header with columns sample_id and label")
     index_of = {name: index for index, name in enumerate(class_names)}
