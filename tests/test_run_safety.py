@@ -205,3 +205,21 @@ def test_after_a_kill_the_resumed_logs_hold_each_step_once(tiny):
     events = EventAccumulator(str(run_dir)).Reload().Scalars("train/loss")
     assert [event.step for event in events] == sorted({event.step for event in events})
     assert 1234.0 not in [event.value for event in events]
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_checkpoint_there(tiny, monkeypatch):
+    import errno
+
+    config = tiny()
+    train_run(config, until_step=3)
+    path = run_folder(config) / CHECKPOINT_NAME
+    saved = path.read_bytes()
+
+    def disk_full(state, handle):
+        handle.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(UserError, match=rf"cannot write checkpoint {path}: No space left on device \(errno 28\)"):
+        train_run(config)
+    assert path.read_bytes() == saved and not list(path.parent.glob(".*.tmp"))
