@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.verb == "train":
-            return _train(args, parser)
+            return _train(args)
         if args.verb == "sweep":
-            return _sweep(args, parser)
+            return _sweep(args)
         if args.verb == "debias-logits":
             return _debias_logits(args)
         if args.verb == "report":
@@ -133,19 +133,31 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"debiaspl: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a read-only folder, a permission: the file and the errno, one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"debiaspl: error: {where}{exc.strerror or exc} (errno {exc.errno}); checkpoints already written "
+              f"stay whole", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("debiaspl: interrupted; the last checkpoint is kept, run the same command to resume", file=sys.stderr)
         return 130
 
 
-def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _train(args: argparse.Namespace) -> int:
     from debiaspl.config import load_experiment, load_saved_config
     from debiaspl.run_folder import CONFIG_NAME, require_run_folder
 
+    _check_until_step(args.until_step)
     if args.resume is not None:
         if args.experiments:
-            parser.error("give either experiment files or --resume RUN_DIR, not both")
-        args.resume = require_run_folder(args.resume)  # resolved: `--resume .` names the folder by its real name
+            # One line that says what to type instead: argparse's usage block would not.
+            raise UserError(f"--resume takes a run folder and no experiment file: run `debiaspl train --resume "
+                            f"{args.resume}` (settings come from the run's config.yaml; add --set only for those "
+                            f"that change how it runs, e.g. train.device), or `debiaspl train "
+                            f"{' '.join(map(str, args.experiments))}` alone, which resumes that experiment's run folder")
+        # resolved: `--resume .` names the folder by its real name; a run killed before its first
+        # checkpoint has only its config.yaml and starts again from step 0
+        args.resume = require_run_folder(args.resume, needs_checkpoint=False)
         saved = args.resume / CONFIG_NAME
         # The saved config names its own run folder; point it at the one given here.
         overrides = [f"logging.run_dir={args.resume.parent}", f"logging.run_name={args.resume.name}", *args.overrides]
@@ -153,15 +165,24 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif args.experiments:
         configs = [load_experiment(path, args.overrides) for path in args.experiments]
     else:
-        parser.error("name at least one experiment file, or --resume RUN_DIR")
-    _train_all(configs, args.until_step, parser)
+        raise UserError("train: name at least one experiment file (`debiaspl train EXPERIMENT.yaml`), "
+                        "or continue a run with `debiaspl train --resume RUN_DIR`")
+    _train_all(configs, args.until_step)
     return 0
 
 
-def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _check_until_step(until_step: int | None) -> None:
+    """Checked before any config loads or folder is made, for train and sweep alike."""
+    if until_step is not None and until_step < 1:
+        raise UserError(f"--until-step {until_step}: must be a positive step, the one to pause after (it is "
+                        f"checkpointed; the same command continues); leave it out to train to train.steps")
+
+
+def _sweep(args: argparse.Namespace) -> int:
     from debiaspl.engine.run import preflight, run_folder, run_state
     from debiaspl.engine.sweep import parse_grid_axis, parse_seeds, sweep_configs
 
+    _check_until_step(args.until_step)
     axes = [parse_grid_axis(text) for text in args.grid]
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     configs, notes = sweep_configs(args.experiment, args.overrides, axes, seeds)
@@ -173,7 +194,7 @@ def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"{run_folder(config)}  {run_state(config)}")
         return 0
     print(f"sweep: {len(configs)} runs in {run_folder(configs[0]).parent}")
-    _train_all(configs, args.until_step, parser)
+    _train_all(configs, args.until_step)
     print(f"\ntables and learning curves: debiaspl report {run_folder(configs[0]).parent}")
     return 0
 
@@ -198,12 +219,10 @@ def _debias_logits(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_all(configs: list, until_step: int | None, parser: argparse.ArgumentParser) -> None:
+def _train_all(configs: list, until_step: int | None) -> None:
     """Train the configs one after another, after checking all of them, and print their final metrics."""
     from debiaspl.engine.run import preflight, run_folder, train_run
 
-    if until_step is not None and until_step < 1:
-        parser.error("--until-step must be a positive step number")
     folders = [str(run_folder(c)) for c in configs]
     if len(set(folders)) != len(folders):
         raise UserError(f"two runs would write to the same run folder ({', '.join(folders)}); "

@@ -223,3 +223,24 @@ def test_a_full_disk_names_the_file_and_keeps_the_checkpoint_there(tiny, monkeyp
     with pytest.raises(UserError, match=rf"cannot write checkpoint {path}: No space left on device \(errno 28\)"):
         train_run(config)
     assert path.read_bytes() == saved and not list(path.parent.glob(".*.tmp"))
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tiny):
+    config = tiny()
+    run_dir = run_folder(config)
+    run_dir.mkdir(parents=True)
+    save_config(config, run_dir / "config.yaml")  # all a run killed while loading leaves
+    proc = debiaspl_train("--resume", run_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["step"] == 6 and (run_dir / RESULTS_NAME).is_file()
+
+
+def test_an_os_error_while_writing_is_one_line_naming_the_file(tiny, tmp_path):
+    # held before issue 14 for the run folder itself; the CLI now turns any other OSError into one line too
+    config = tiny(logging={"run_dir": str(tmp_path / "a_file" / "runs")})
+    (tmp_path / "a_file").write_text("not a folder")
+    path = tmp_path / "tiny.yaml"
+    save_config(config, path)
+    proc = debiaspl_train(path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "a_file" in proc.stderr and "errno 20" in proc.stderr.lower()

@@ -20,11 +20,10 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from debiaspl.metrics.plots import learning_curves_figure, save_figure
 from debiaspl.files import write_csv, write_text
-from debiaspl.config import flatten, training_settings, upgrade_legacy_config
+from debiaspl.config import flatten, load_saved_config, training_settings, upgrade_legacy_config
+from debiaspl.config.loader import read_yaml
 from debiaspl.errors import UserError
 from debiaspl.run_folder import CONFIG_NAME, METRICS_NAME, RESULTS_NAME
 
@@ -70,13 +69,22 @@ def load_run_record(folder: Path) -> RunRecord | None:
     """The run's config, final results and evaluations; None when the run has not finished."""
     if not (folder / RESULTS_NAME).is_file():
         return None
+    config_path, results_path = folder / CONFIG_NAME, folder / RESULTS_NAME
+    config = read_yaml(config_path)  # a ConfigError naming the file (and a key given twice)
+    if not isinstance(config, dict):
+        raise UserError(f"{config_path} does not hold a mapping of config sections; is this a run folder?")
+    # Validated as `train --resume` would, so a hand-edited value (train.seed: 'x') is named here
+    # instead of failing below; the rows still group by the keys the file holds.
+    load_saved_config(config_path)
     try:
-        config = yaml.safe_load((folder / CONFIG_NAME).read_text())
-        final = json.loads((folder / RESULTS_NAME).read_text())
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise UserError(f"{folder}: cannot read the run's config or results: {exc}") from None
-    if not isinstance(config, dict) or not isinstance(final, dict):
-        raise UserError(f"{folder}: {CONFIG_NAME} or {RESULTS_NAME} does not hold a mapping; is this a run folder?")
+        final = json.loads(results_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{results_path}: cannot read it: {exc}") from None
+    except ValueError as exc:
+        raise UserError(f"{results_path}: not valid JSON ({exc}); it should hold the final metrics of the run") from None
+    if not isinstance(final, dict):
+        raise UserError(f"{results_path} does not hold a mapping of final metrics (it holds a "
+                        f"{type(final).__name__}); is this a run folder?")
     keys = flatten(upgrade_legacy_config(config))
     algorithm = keys.get("algorithm.name", "?")
     setting_keys = {key: value for key, value in training_settings(keys).items() if key != "train.seed"}

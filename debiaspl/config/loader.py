@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import types
+import operator
 import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -21,7 +21,7 @@ from debiaspl.algorithm import (ALGORITHMS, DEFAULT_ALGORITHM, LAYER_SEPARATOR, 
                                 upgrade_legacy_config)
 from debiaspl.config.identity import flatten
 from debiaspl.config.protocols import NO_PROTOCOL, PROTOCOLS
-from debiaspl.config.schema import AlgorithmConfig, ExperimentConfig, HookConfig
+from debiaspl.config.schema import AlgorithmConfig, ExperimentConfig, HookConfig, describe_fields  # noqa: F401 (re-exported)
 from debiaspl.errors import UserError
 from debiaspl.hooks import HOOKS
 
@@ -153,32 +153,6 @@ def replace_dotted(config: ExperimentConfig, key: str, value: Any) -> Experiment
     return from_dict(raw, source=f"setting {key}")
 
 
-def describe_fields(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """(dotted key, type, default, doc) for every leaf field: the README's config reference.
-
-    The algorithm section lists the options of every base and layer, each under its own name.
-    """
-    rows = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        if f.name == "hooks" and cls is ExperimentConfig:
-            continue  # documented per hook: describe_fields(HOOKS[name].Options, f"hooks[].")
-        if cls is AlgorithmConfig and f.name in ("base", "layer"):
-            continue  # below, per registered part
-        if dataclasses.is_dataclass(hint):
-            rows += describe_fields(hint, prefix + f.name + ".")
-        else:
-            kind = " / ".join(f.metadata["choices"]) if f.metadata.get("choices") else _type_name(hint)
-            rows.append((prefix + f.name, kind, f.default, f.metadata.get("doc", "")))
-    if cls is AlgorithmConfig:
-        for part, with_it in [*((b, f"with the base {b}") for b in ALGORITHMS), *((l, f"with the layer +{l}") for l in LAYERS)]:
-            options = (ALGORITHMS.get(part) or LAYERS[part]).Options
-            rows += [(key, kind, default, f"{doc} ({with_it})")
-                     for key, kind, default, doc in describe_fields(options, f"{prefix}{part}.")]
-    return rows
-
-
 def _leaf_type(dotted: str) -> Any:
     """The schema type of a dotted key, or None when the key does not exist."""
     cls: Any = ExperimentConfig
@@ -192,6 +166,44 @@ def _leaf_type(dotted: str) -> Any:
     return cls
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader (same tags, nothing executable) that refuses a mapping key given twice: plain YAML
+    keeps the later value silently, so a second `train:` would drop every setting of the first."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        _refuse_duplicate_keys(node, "")
+        return node
+
+
+def _refuse_duplicate_keys(node: Any, prefix: str) -> None:
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{prefix.rstrip('.')}[{index}].")
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first_line: dict[tuple, int] = {}
+    for key, value in node.value:
+        name = (key.tag, key.value) if isinstance(key, yaml.ScalarNode) else None
+        if name in first_line and key.tag != "tag:yaml.org,2002:merge":
+            raise yaml.MarkedYAMLError(problem=f"key {prefix}{key.value} appears twice (lines {first_line[name]} and "
+                                               f"{key.start_mark.line + 1}); keep one", problem_mark=None)
+        if name is not None:
+            first_line.setdefault(name, key.start_mark.line + 1)
+        _refuse_duplicate_keys(value, f"{prefix}{key.value}.")
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data (safe tags only), or a ConfigError naming the file and, for a key given
+    twice, the key and its lines. Experiment files, their bases and run folders' config.yaml."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it as UTF-8 text: {exc}") from None
+
+
 def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
     resolved = path.resolve()
     if resolved in chain:
@@ -200,12 +212,7 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
     if not path.is_file():
         hint = f" (named as base by {chain[-1]})" if chain else ""
         raise ConfigError(f"experiment file not found: {path}{hint}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read it as UTF-8 text: {exc}") from None
+    data = read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -371,17 +378,10 @@ def _check_value(value: Any, hint: Any, meta: typing.Mapping, dotted: str, sourc
             fail(f"must be one of {', '.join(choices)}" + (f" (did you mean {close[0]}?)" if close else ""))
     else:  # pragma: no cover - a schema field of a type this loader does not know
         raise TypeError(f"unsupported config type {hint} for {dotted}")
-    bounds = {"ge": (float.__ge__, ">="), "gt": (float.__gt__, ">"), "le": (float.__le__, "<="), "lt": (float.__lt__, "<")}
+    bounds = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
     for name, (compare, symbol) in bounds.items():
         bound = meta.get(name)
-        if bound is not None and not compare(float(value), float(bound)):
-            fail(f"must be {symbol} {bound:g}")
+        # ints compare exactly: as floats, 2**63 - 1 and 2**63 are the same number
+        if bound is not None and not compare(value, bound):
+            fail(f"must be {symbol} {bound}" if isinstance(bound, int) else f"must be {symbol} {bound:g}")
     return value
-
-
-def _type_name(hint: Any) -> str:
-    if get_origin(hint) is Literal:
-        return " / ".join(map(str, get_args(hint)))
-    if isinstance(hint, types.UnionType):
-        return " / ".join(_type_name(a) for a in get_args(hint))
-    return getattr(hint, "__name__", str(hint))

@@ -4,19 +4,27 @@ DebiasPL on top (tau = 0.4 and m = 0.999, as USB sets them; README "Where the de
 Each field carries its meaning and bounds (`option`); fields marked `execution` change how a run
 executes or reports, never what it learns. Algorithm and hook options are declared next to their
 code (debiaspl.algorithm, debiaspl.hooks) and validated by the same loader (debiaspl.config.loader).
+`describe_fields` lists every key with its type, default and meaning (`debiaspl config --reference`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
-from debiaspl.algorithm import (DEFAULT_ALGORITHM, LAYER_SEPARATOR, Algorithm, algorithm_names, compose_algorithm,
-                                parse_algorithm_name)
+from debiaspl.algorithm import (ALGORITHMS, DEFAULT_ALGORITHM, LAYER_SEPARATOR, LAYERS, Algorithm, algorithm_names,
+                                compose_algorithm, parse_algorithm_name)
 from debiaspl.config.protocols import NO_PROTOCOL, PROTOCOL_NAMES
 from debiaspl.data.datasets import DATASETS
 from debiaspl.models import MODELS, WRN_VARIANTS
 from debiaspl.options import option
+
+# The largest seed: numpy's generators take any seed >= 0, torch.manual_seed one below 2**64; 63
+# bits also fit an int64 anywhere a seed is stored or mixed (data.loaders.derive_seed makes 63-bit ones).
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,7 @@ class DataConfig:
     num_unlabeled_head: int = option(3000, "M1: unlabeled images of the most frequent class (0: unlabeled = the rest of the train set)", ge=0)
     unlabeled_imbalance: float = option(100.0, "gamma_u: 1 = uniform unlabeled set, negative = reversed order (tail classes most frequent)")
     uniform_unlabeled_count: Literal["head", "total"] = option("head", "what M1 counts when gamma_u = 1: head, M1 images of every class (DASO, ACR: 10 x 3000) or total, M1 images in all (USB: 10 x 300)")
-    split_seed: int = option(0, "seed of the labeled/unlabeled draw (separate from train.seed so runs share a split)", ge=0)
+    split_seed: int = option(0, "seed of the labeled/unlabeled draw (separate from train.seed so runs share a split)", ge=0, le=MAX_SEED)
     strong_augment: Literal["fixmatch", "usb"] = option("fixmatch", "RandAugment variant of the strong view: FixMatch's (kekmodel's RandAugmentMC(2, 10): 2 ops, integer magnitude 1..9, each applied with p = 0.5, Cutout side 0.5 x size) or USB's (RandAugment(3, 5): 3 ops always applied, continuous magnitude, Cutout side uniform(0, 0.5) x size)")
     geometric_fill: int = option(128, "fill of the pixels that rotate, shear and translate bring in from outside the image (128: TensorFlow FixMatch's gray; 0: the PIL default that kekmodel, USB, DASO and ACR use)", ge=0, le=255)
     cutout_fill: Literal["gray", "cifar_mean"] = option("gray", "Cutout colour: gray (127, 127, 127) as kekmodel, DASO and ACR, or cifar_mean (125, 123, 114) as USB")
@@ -108,7 +116,7 @@ class TrainConfig:
     ema_decay: float = option(0.999, "decay of the weight EMA used for evaluation", ge=0, lt=1)
     ema_warmup: Literal["tf", "daso", "none"] = option("tf", "EMA decay at step t: tf min(d, (1+t)/(10+t)) as TensorFlow's ExponentialMovingAverage, so short runs are not dominated by the initial weights; daso min(d, 1 - 1/t), DASO's (the first update copies the weights); none: d from the first step (kekmodel, USB, ACR)")
     ema_buffers: Literal["copy", "average"] = option("copy", "BatchNorm running statistics of the EMA model: copied from the model (kekmodel, USB, ACR) or averaged like the weights (DASO)")
-    seed: int = option(0, "seed of weights, batch order and augmentation", ge=0)
+    seed: int = option(0, "seed of weights, batch order and augmentation", ge=0, le=MAX_SEED)
     device: str = option("auto", "auto (cuda when available), cpu, cuda or cuda:N", execution=True)
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast of the forward pass (losses and q_hat stay float32); auto: bf16 on CUDA devices that support it and on CPUs with AMX, fp32 elsewhere (AVX512-BF16 alone measured slower than fp32)")
     channels_last: bool = option(True, "NHWC memory layout for the model and its inputs (faster convolutions with bf16 and on many CPUs)", execution=True)
@@ -155,3 +163,37 @@ class ExperimentConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # analyses that watch training; they never change the weights
     hooks: tuple[HookConfig, ...] = field(default=(), metadata={"execution": True})
+
+
+def describe_fields(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, doc) for every leaf field: the README's config reference.
+
+    The algorithm section lists the options of every base and layer, each under its own name.
+    """
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if f.name == "hooks" and cls is ExperimentConfig:
+            continue  # documented per hook: describe_fields(HOOKS[name].Options, f"hooks[].")
+        if cls is AlgorithmConfig and f.name in ("base", "layer"):
+            continue  # below, per registered part
+        if dataclasses.is_dataclass(hint):
+            rows += describe_fields(hint, prefix + f.name + ".")
+        else:
+            kind = " / ".join(f.metadata["choices"]) if f.metadata.get("choices") else _type_name(hint)
+            rows.append((prefix + f.name, kind, f.default, f.metadata.get("doc", "")))
+    if cls is AlgorithmConfig:
+        for part, with_it in [*((b, f"with the base {b}") for b in ALGORITHMS), *((l, f"with the layer +{l}") for l in LAYERS)]:
+            options = (ALGORITHMS.get(part) or LAYERS[part]).Options
+            rows += [(key, kind, default, f"{doc} ({with_it})")
+                     for key, kind, default, doc in describe_fields(options, f"{prefix}{part}.")]
+    return rows
+
+
+def _type_name(hint: Any) -> str:
+    if get_origin(hint) is Literal:
+        return " / ".join(map(str, get_args(hint)))
+    if isinstance(hint, types.UnionType):
+        return " / ".join(_type_name(a) for a in get_args(hint))
+    return getattr(hint, "__name__", str(hint))
