@@ -212,3 +212,11 @@ def test_debias_logits_still_takes_integer_and_half_logits(tmp_path):
         proc = debiaspl("debias-logits", path)
         assert proc.returncode == 0, proc.stderr
         assert path.with_suffix(".debiased.npz").is_file()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_eval_refuses_a_noise_std_that_is_not_a_finite_non_negative_number(value):
+    from debiaspl.analysis.evaluate_run import evaluate_run
+
+    with pytest.raises(UserError, match=f"--noise-std {float(value)}: must be a finite number >= 0"):
+        evaluate_run(None, noise_std=float(value))

@@ -100,8 +100,10 @@ def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_writes_no_resu
     assert not (run_dir / RESULTS_NAME).exists()
 
 
-def test_a_learning_rate_of_a_million_stops_with_exit_2(tiny, tmp_path):
-    config = tiny(optim={"lr": 1e6}, train={"steps": 20})
+@pytest.mark.parametrize("section", [{"optim": {"lr": 1e6}}, {"algorithm": {"unlabeled_weight": 1e30}}],
+                         ids=["lr_1e6", "unlabeled_weight_1e30"])
+def test_a_huge_learning_rate_or_loss_weight_stops_with_exit_2(tiny, tmp_path, section):
+    config = tiny(train={"steps": 20}, **section)
     path = tmp_path / "huge_lr.yaml"
     save_config(config, path)
     proc = debiaspl_train(path)

@@ -6,6 +6,8 @@ test image), reliability.png, and ood_<name>.png per out-of-distribution set.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import torch
@@ -39,8 +41,8 @@ def evaluate_run(run: LoadedRun, *, mc_passes: int = 0, ood_specs: tuple[str, ..
     with MC Dropout), and entropy histograms of the test set, the test set with Gaussian noise of std
     `noise_std` (in [0, 1] pixel units) and each OOD set (uncertainty.png, metrics.json "uncertainty").
     """
-    if noise_std < 0:
-        raise UserError(f"--noise-std {noise_std}: must be >= 0")
+    if not 0 <= noise_std < math.inf:  # also false for NaN
+        raise UserError(f"--noise-std {noise_std}: must be a finite number >= 0")
     if not 0 <= uncertainty_threshold <= 1:
         raise UserError(f"--uncertainty-threshold {uncertainty_threshold}: must be in [0, 1] (normalized entropy)")
     out = run.run_dir / "eval"
