@@ -139,7 +139,7 @@ def test_cli_end_to_end(tiny, tmp_path):
     assert here.returncode == 0 and "already finished" in here.stdout, here.stderr
     not_a_run = subprocess.run([sys.executable, "-m", "debiaspl", "train", "--resume", str(tmp_path)],
                                capture_output=True, text=True)
-    assert not_a_run.returncode == 2 and "is not a run folder with a checkpoint" in not_a_run.stderr
+    assert not_a_run.returncode == 2 and "is not a run folder (no config.yaml in it)" in not_a_run.stderr
 
 
 def test_augmenting_on_the_device_gives_the_same_run(tiny):

@@ -107,7 +107,7 @@ def test_debias_logits_verb_writes_labels_and_reports_before_and_after(tmp_path)
     (["logits.npy", "--labels", "short.npy"], "shape [2000]"),
     (["logits.npy", "--labels", "out_of_range.npy"], "0..4"),
     (["logits.npy", "--momentum", "1"], "--momentum"),
-    (["nan.npy"], "nan or inf"),
+    (["nan.npy"], "row 3, column 2 is nan"),
     (["archive.npz"], ".npz archive"),
     (["logits.npy", "--out", "."], "cannot write"),
 ])
