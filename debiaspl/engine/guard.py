@@ -38,7 +38,11 @@ class NonFiniteWatch:
     @staticmethod
     def check_tensors(tensors: dict[str, torch.Tensor], step: int, kept: str) -> None:
         """Raise TrainingDiverged naming the first tensor (weight, buffer, q_hat) with a NaN or inf."""
-        for name, tensor in tensors.items():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        floats = {name: tensor for name, tensor in tensors.items() if tensor.is_floating_point()}
+        finite = torch.stack([torch.isfinite(tensor).all() for tensor in floats.values()]) if floats else None
+        if finite is None or bool(finite.all()):  # one host sync for the lot, not one per tensor
+            return
+        for name, is_finite in zip(floats, finite.tolist()):
+            if not is_finite:
                 raise TrainingDiverged(f"training diverged: {name} holds NaN or inf at step {step}; {kept}; "
                                        f"no results were written")

@@ -36,7 +36,7 @@ RESUME_SAFE_KEYS = EXECUTION_KEYS | {"eval.interval", "eval.use_ema", "data.labe
 def run_folder(config: ExperimentConfig) -> Path:
     """logging.run_dir / logging.run_name; the name is one folder name, so a run never lands elsewhere."""
     name = config.logging.run_name
-    if not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name:
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
         raise UserError(f"logging.run_name = {name!r}: must be a single folder name (no '/', not '.' or '..'); "
                         f"put the folder it goes in into logging.run_dir")
     return Path(config.logging.run_dir) / name
@@ -209,7 +209,7 @@ def restore(trainer: Trainer, state: dict, checkpoint: Path) -> None:
               **{f"algorithm.{name}": value for name, value in state["algorithm"].items()}}
     NonFiniteWatch.check_tensors(loaded, trainer.step, f"{checkpoint} holds it, so the run cannot resume from it; "
                                  f"{way_back(checkpoint)}")
-    trainer.last_checkpoint = f"step {trainer.step}"
+    trainer.last_checkpoint_step = trainer.step
 
 
 def _silent(*args, **kwargs) -> None:

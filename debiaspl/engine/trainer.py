@@ -106,7 +106,7 @@ class Trainer:
         self.algorithm_state = self.algorithm.initial_state(data.num_classes, len(data.unlabeled.labels), device)
         self.monitor = PseudoLabelMonitor(device)
         self.watch = NonFiniteWatch(device)
-        self.last_checkpoint: str | None = None  # "step S" of the newest checkpoint this run folder holds
+        self.last_checkpoint_step: int | None = None  # of the newest checkpoint this run folder holds
         # Hooks run where the files are written; every process takes part in gathering their records.
         self.hooks = [HOOKS[hook.name](hook.options) for hook in config.hooks] if self.dist.is_main else []
         self.gather_records = bool(config.hooks) and self.dist.enabled
@@ -181,20 +181,19 @@ class Trainer:
                         hook.on_train_end(self.step)
                 self._check_finite_state()
                 save_checkpoint(self.state_dict(), checkpoint_path, keep_previous=True)
-                self.last_checkpoint = f"step {self.step}"
+                self.last_checkpoint_step = self.step
         progress.close()
         if not metrics and self.step == total_steps and self.dist.is_main:  # resumed from the final checkpoint
             metrics = self.evaluate()
         return metrics
 
     def _kept(self) -> str:
-        return (f"the last good checkpoint ({self.last_checkpoint}) is kept" if self.last_checkpoint
-                else "no checkpoint had been written")
+        return (f"the last good checkpoint (step {self.last_checkpoint_step}) is kept"
+                if self.last_checkpoint_step is not None else "no checkpoint had been written")
 
     def _check_finite(self) -> None:
         """Stop every process if any process saw a non-finite loss (one host sync, at the loop's sync points)."""
-        diverged = (self.watch.first_bad_step >= 0).float()
-        if bool(self.dist.sum(diverged) > 0 if self.dist.enabled else diverged > 0):
+        if bool(self.dist.sum((self.watch.first_bad_step >= 0).float()) > 0):  # the identity on one process
             if int(self.watch.first_bad_step) < 0:  # another process saw it first
                 self.watch.first_bad_step.fill_(self.step)
             self.watch.check(self._kept())
