@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     train = verbs.add_parser("train", help="train one or more experiments (resumes existing run folders)")
     train.add_argument("experiments", nargs="*", type=Path, help="experiment YAML files, run one after another")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train.steps=1000 (repeatable)")
+                       help="override a config value, e.g. --set train.steps=1000 or --set hooks.drift.interval=100 "
+                            "(hooks.NAME={} adds a hook, hooks.NAME=null removes one; repeatable)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue the run in RUN_DIR with the config saved there")
     train.add_argument("--until-step", type=int, metavar="STEP",
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     select.add_argument("--out", type=Path, help="CSV path (default: RUN/selection/STRATEGY_kK.csv)")
 
     args = parser.parse_args(argv)
+    if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # a log file follows the run line by line, not 8 KiB at a time
     try:
         if args.verb == "train":
             return _train(args)
@@ -180,7 +183,7 @@ def _check_until_step(until_step: int | None) -> None:
 
 def _sweep(args: argparse.Namespace) -> int:
     from debiaspl.engine.run import preflight, run_folder, run_state
-    from debiaspl.engine.sweep import parse_grid_axis, parse_seeds, sweep_configs
+    from debiaspl.engine.sweep import grid_settings, parse_grid_axis, parse_seeds, sweep_configs
 
     _check_until_step(args.until_step)
     axes = [parse_grid_axis(text) for text in args.grid]
@@ -194,7 +197,7 @@ def _sweep(args: argparse.Namespace) -> int:
             print(f"{run_folder(config)}  {run_state(config)}")
         return 0
     print(f"sweep: {len(configs)} runs in {run_folder(configs[0]).parent}")
-    _train_all(configs, args.until_step)
+    _train_all(configs, args.until_step, [grid_settings(config, axes) for config in configs])
     print(f"\ntables and learning curves: debiaspl report {run_folder(configs[0]).parent}")
     return 0
 
@@ -219,9 +222,14 @@ def _debias_logits(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_all(configs: list, until_step: int | None) -> None:
-    """Train the configs one after another, after checking all of them, and print their final metrics."""
-    from debiaspl.engine.run import preflight, run_folder, train_run
+def _train_all(configs: list, until_step: int | None, settings: list[list[str]] | None = None) -> None:
+    """Train the configs one after another, after checking all of them, and print their final metrics.
+
+    With several runs (or a sweep's, whose `settings` are each run's grid values), a line before each
+    run's output names the run it belongs to.
+    """
+    from debiaspl.engine.distributed import Distributed
+    from debiaspl.engine.run import preflight, run_folder, train_run, varying_hyperparameters
 
     folders = [str(run_folder(c)) for c in configs]
     if len(set(folders)) != len(folders):
@@ -229,7 +237,15 @@ def _train_all(configs: list, until_step: int | None) -> None:
                         f"give them different file names or logging.run_name")
     for config in configs:  # a mistake in the last experiment should not wait for the first to train
         preflight(config)
-    _print_summary([train_run(config, until_step) for config in configs])
+    varying, announce = varying_hyperparameters(configs), (len(configs) > 1 or settings is not None)
+    results = []
+    for index, config in enumerate(configs):
+        if announce and Distributed.from_environment().is_main:
+            shown = f"  [{' '.join(settings[index])}]" if settings is not None else ""
+            print(("\n" if index else "") + f"== run {index + 1}/{len(configs)}: {config.logging.run_name} "
+                  f"({folders[index]}){shown} ==")
+        results.append(train_run(config, until_step, varying))
+    _print_summary(results)
 
 
 STRATEGY_CHOICES = ("least_confidence", "margin", "entropy", "bald", "random", "ambiguity", "self_influence")

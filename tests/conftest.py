@@ -1,12 +1,18 @@
 """Shared fixtures: tiny configs on the bundled digits (no download, seconds on a CPU)."""
 
 import dataclasses
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from debiaspl.config import ExperimentConfig, from_dict
+
+# Image folders decode into a cache under $XDG_CACHE_HOME: keep the tests' (and their subprocesses')
+# out of the user's own cache, shared within one test session.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="debiaspl-tests-cache-")
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 

@@ -120,7 +120,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_choices_are_the_registries(monkeypatch):
     from debiaspl.algorithm import ALGORITHMS, LAYERS
-    with pytest.raises(ConfigError, match="model.name = 'wrn28'.*must be one of .*wrn28_2.*did you mean"):
+    with pytest.raises(ConfigError, match="model.name = 'wrn28'.*choose a built-in .*wrn28_2.*did you mean"):
         from_dict({"model": {"name": "wrn28"}})
     with pytest.raises(ConfigError, match="data.dataset = 'cifar'"):
         from_dict({"data": {"dataset": "cifar"}})
@@ -160,3 +160,160 @@ def test_readme_config_reference_is_current(capsys):
     assert main(["config", "--reference"]) == 0
     table = capsys.readouterr().out
     assert table in (REPO / "README.md").read_text(), "README config reference is stale: paste `debiaspl config --reference`"
+
+
+# ---- --set on the hooks list: one entry by index or by name, adding, removing, replacing the list ----
+
+HOOKED = "hooks:\n  - name: drift\n    interval: 100\n    figure_interval: 500\n  - name: cartography\n"
+
+
+def test_set_changes_one_hook_by_index_or_by_name(tmp_path):
+    path = write(tmp_path, "hooked.yaml", HOOKED)
+    by_index, by_name = load_experiment(path, ["hooks.0.interval=7"]), load_experiment(path, ["hooks.drift.interval=7"])
+    assert by_index == by_name
+    assert [hook.name for hook in by_name.hooks] == ["drift", "cartography"]
+    assert (by_name.hooks[0].options.interval, by_name.hooks[0].options.figure_interval) == (7, 500)  # the rest kept
+    assert load_experiment(path, ["hooks.1.labeled=false"]).hooks[1].options.labeled is False
+    assert load_experiment(path, ["hooks.cartography.labeled=false"]).hooks[1].options.labeled is False
+    # code that changes a key of a validated config (run folders, sweeps) addresses hooks the same way
+    assert replace_dotted(load_experiment(path), "hooks.drift.interval", 7) == by_name
+
+
+def test_set_adds_replaces_and_removes_one_hook(tmp_path):
+    from debiaspl.hooks.drift import DriftOptions
+    from debiaspl.hooks.uncertainty import UncertaintyOptions
+    path = write(tmp_path, "hooked.yaml", HOOKED)
+    added = load_experiment(path, ["hooks.uncertainty={}", "hooks.uncertainty.interval=50"])
+    assert [hook.name for hook in added.hooks] == ["drift", "cartography", "uncertainty"]
+    assert added.hooks[2].options == UncertaintyOptions(interval=50)
+    assert load_experiment(path, ["hooks.uncertainty={interval: 50}"]) == added
+    # a mapping for a listed hook gives all its options, the ones it leaves out at their defaults
+    assert load_experiment(path, ["hooks.drift={interval: 7}"]).hooks[0].options == DriftOptions(interval=7)
+    assert load_experiment(path, ["hooks.0={name: uncertainty}"]).hooks[0].name == "uncertainty"
+    assert [hook.name for hook in load_experiment(path, ["hooks.drift=null"]).hooks] == ["cartography"]
+    assert load_experiment(path, ["hooks.0=null"]) == load_experiment(path, ["hooks.drift=null"])
+    assert load_experiment(path, ["hooks.influence=null"]) == load_experiment(path)  # not listed: nothing to remove
+    plain = write(tmp_path, "plain.yaml", "train:\n  steps: 10\n")  # no hooks: list
+    assert [hook.name for hook in load_experiment(plain, ["hooks.drift={}"]).hooks] == ["drift"]
+
+
+LISTED = "the list holds hooks.0 = drift, hooks.1 = cartography"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("hooks.2.interval=50", f"--set hooks.2.interval=50: hooks has no entry 2; {LISTED} (to add a hook: "
+     "--set hooks.NAME={}, NAME one of drift, cartography, uncertainty, influence)"),
+    ("hooks.drfit.interval=50", "--set hooks.drfit.interval=50: 'drfit' is neither a hook nor an index into hooks "
+     f"(did you mean drift?); hooks are drift, cartography, uncertainty, influence; {LISTED}"),
+    ("hooks.-1.interval=50", "--set hooks.-1.interval=50: '-1' is neither a hook nor an index into hooks"),
+    ("hooks.uncertainty.interval=50", f"--set hooks.uncertainty.interval=50: uncertainty is not in the hooks list "
+     f"({LISTED}); to add it, put --set hooks.uncertainty={{}} (its defaults) before this --set"),
+    ("hooks.drift=5", "--set hooks.drift=5: expected the options of drift as a mapping like {interval: 500}, {} for "
+     "its defaults, or null to remove it"),
+    ("hooks.drift={name: cartography}", "--set hooks.drift={name: cartography}: name 'cartography' inside the options "
+     "of hooks.drift; leave it out (to add cartography: --set hooks.cartography={})"),
+    ("hooks.drift.interval.every=5", "--set hooks.drift.interval.every=5: interval = 100 is not a section"),
+    ("hooks.drift.interval=0", "hooked.yaml: hooks[0].interval = 0: must be >= 1"),
+    ("hooks.drift.intervl=5", "hooked.yaml: unknown key hooks[0].intervl; did you mean hooks[0].interval?"),
+])
+def test_set_on_hooks_errors_name_the_key_and_the_hooks_listed(tmp_path, override, message):
+    path = write(tmp_path, "hooked.yaml", HOOKED)
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path, [override])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_set_on_hooks_of_an_empty_or_doubled_list(tmp_path):
+    plain = write(tmp_path, "plain.yaml", "")
+    with pytest.raises(ConfigError, match=r"--set hooks.0.interval=5: hooks has no entry 0; the hooks list is empty"):
+        load_experiment(plain, ["hooks.0.interval=5"])
+    # the loader lists each hook once, so a name addresses one entry; a list that names one twice is refused,
+    # and a --set by that name says which entries and how to address one
+    doubled = write(tmp_path, "doubled.yaml", "hooks:\n  - name: drift\n  - name: drift\n    interval: 3\n")
+    with pytest.raises(ConfigError, match=r"hooks\[1\].name = 'drift': each hook may be listed once"):
+        load_experiment(doubled)
+    with pytest.raises(ConfigError) as info:
+        load_experiment(doubled, ["hooks.drift.interval=5"])
+    assert str(info.value) == ("--set hooks.drift.interval=5: drift is listed 2 times in hooks (hooks.0, hooks.1) and "
+                               "may be listed once; address one by its index, e.g. --set hooks.1=null removes the last")
+    assert load_experiment(doubled, ["hooks.0=null", "hooks.drift.interval=5"]).hooks[0].options.interval == 5
+
+
+def test_replacing_the_hooks_list_warns_of_the_hooks_it_drops(tmp_path, capsys):
+    from debiaspl.engine.sweep import parse_grid_axis, sweep_configs
+    path = write(tmp_path, "hooked.yaml", HOOKED)
+    # still allowed: replacing the list is what was typed
+    assert [hook.name for hook in load_experiment(path, ["hooks=[{name: drift, interval: 7}]"]).hooks] == ["drift"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"debiaspl: warning: --set hooks=[{{name: drift, interval: 7}}] drops cartography (listed in {path}); to keep "
+        f"them and change only what it gives: --set hooks.drift.interval=7"]
+    # nothing dropped, or every hook turned off on purpose: no warning
+    for override in ("hooks=[{name: cartography}, {name: drift}, {name: uncertainty}]", "hooks=[]", "hooks=null"):
+        load_experiment(path, [override])
+    assert capsys.readouterr().err == ""
+    # a sweep loads its experiment once per grid point, and warns once
+    axes = [parse_grid_axis("algorithm.name=fixmatch,fixmatch+debiaspl")]
+    configs, _ = sweep_configs(path, ["hooks=[{name: uncertainty, interval: 5}]"], axes, None)
+    assert len(configs) == 2 and all([hook.name for hook in c.hooks] == ["uncertainty"] for c in configs)
+    assert capsys.readouterr().err.splitlines() == [
+        f"debiaspl: warning: --set hooks=[{{name: uncertainty, interval: 5}}] drops drift, cartography (listed in "
+        f"{path}); to keep them and change only what it gives: --set hooks.uncertainty={{}} --set "
+        f"hooks.uncertainty.interval=5"]
+
+
+def test_cli_set_on_hooks_is_one_error_line(tmp_path, capsys):
+    from debiaspl.cli import main
+    path = write(tmp_path, "hooked.yaml", HOOKED)
+    assert main(["config", str(path), "--set", "hooks.uncertainty.interval=50"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("debiaspl: error: --set hooks.uncertainty.interval=50: uncertainty is not in the hooks "
+                          f"list ({LISTED})") and err.count("\n") == 1
+    assert main(["config", str(path), "--set", "hooks.drift.interval=7"]) == 0
+    assert "interval: 7" in capsys.readouterr().out
+
+
+def test_sweep_grid_over_a_hook_option(tmp_path):
+    from debiaspl.engine.sweep import parse_grid_axis, sweep_configs
+    path = write(tmp_path, "hooked.yaml", HOOKED)
+    for key in ("hooks.drift.interval", "hooks.0.interval"):
+        axes = [parse_grid_axis("algorithm.name=fixmatch,fixmatch+debiaspl"), parse_grid_axis(f"{key}=100,200")]
+        configs, notes = sweep_configs(path, [], axes, None)
+        # hooks never change what a run learns (they are execution settings), so the sweep trains each
+        # algorithm once and says why it leaves out the second interval
+        assert [(c.algorithm.name, c.hooks[0].options.interval) for c in configs] == [("fixmatch", 100),
+                                                                                     ("fixmatch+debiaspl", 100)]
+        assert [note.split(" ")[0] for note in notes] == ["fixmatch-interval=200-seed0", "fixmatch+debiaspl-interval=200-seed0"]
+    with pytest.raises(ConfigError, match=r"hooks\[0\].interval = 0: must be >= 1"):  # checked before any run
+        sweep_configs(path, [], [parse_grid_axis("hooks.drift.interval=100,0")], None)
+    with pytest.raises(ConfigError, match="uncertainty is not in the hooks list"):
+        sweep_configs(path, [], [parse_grid_axis("hooks.uncertainty.interval=1,2")], None)
+    configs, _ = sweep_configs(path, ["hooks.uncertainty={}"], [parse_grid_axis("hooks.uncertainty.interval=1,2")], None)
+    assert configs[0].hooks[2].options.interval == 1
+
+
+def test_resume_with_set_on_a_hook_option(tiny, capsys):
+    """A stopped run continues under another hook interval (hooks are execution settings), and its
+    config.yaml records the new one; the one tiny run of this file (paused twice: no end-of-run figures)."""
+    from debiaspl.cli import main
+    from debiaspl.config import load_saved_config
+    from debiaspl.engine.run import run_folder, train_run
+    from debiaspl.run_folder import load_checkpoint
+    config = from_dict({**to_dict(tiny(train={"steps": 4})), "hooks": [{"name": "drift", "interval": 2}]})
+    train_run(config, until_step=1)
+    run_dir = run_folder(config)
+    assert main(["train", "--resume", str(run_dir), "--set", "hooks.drift.interval=1", "--until-step", "2"]) == 0
+    assert load_checkpoint(run_dir / "checkpoint.pt")["step"] == 2
+    assert load_saved_config(run_dir / "config.yaml").hooks[0].options.interval == 1
+    # a training setting may not change on resume, also when it comes with a hook option
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "--set", "hooks.drift.interval=2", "--set", "train.steps=5"]) == 2
+    assert "holds a run with other settings (train.steps: 4 -> 5)" in capsys.readouterr().err
+
+
+def test_get_dotted_reads_hooks_as_set_dotted_addresses_them(tmp_path):
+    from debiaspl.config import get_dotted
+    raw = to_dict(load_experiment(write(tmp_path, "hooked.yaml", HOOKED)))
+    assert get_dotted(raw, "hooks.drift.interval") == get_dotted(raw, "hooks.0.interval") == 100
+    assert get_dotted(raw, "hooks.cartography.labeled") is True and get_dotted(raw, "train.steps") == 2 ** 18
+    assert [get_dotted(raw, key, "-") for key in ("hooks.2.interval", "hooks.uncertainty.interval", "train.x")] == ["-"] * 3

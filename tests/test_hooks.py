@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -21,7 +22,8 @@ class RecordingLog:
     """A HookLog that keeps what hooks write."""
 
     def __init__(self):
-        self.scalar_values, self.histograms, self.figures, self.layouts, self.pngs = {}, {}, {}, [], []
+        self.scalar_values, self.histograms, self.figures, self.layouts, self.pngs, self.texts = {}, {}, {}, [], [], {}
+        self.figure_objects = {}
 
     def scalars(self, step, values):
         for tag, value in values.items():
@@ -32,10 +34,11 @@ class RecordingLog:
 
     def figure(self, tag, figure, step, png_path=None):
         self.figures.setdefault(tag, []).append(step)
+        self.figure_objects[tag] = figure  # the last one
         self.pngs.append(png_path)
 
     def text(self, tag, text, step=0):
-        pass
+        self.texts[tag] = text
 
     def custom_scalars(self, layout):
         self.layouts.append(layout)
@@ -100,8 +103,97 @@ def test_drift_statistics_by_hand(tmp_path):
     assert log.histograms["drift/pseudo_labels"][-1][1] == [2, 2, 2]
     assert log.histograms["drift/pseudo_labels_before_debiasing"][-1][1] == [5, 1, 0]
     assert log.histograms["drift/pseudo_labels_masked"][-1][1] == [2, 1, 2]
-    assert set(log.figures) == {"drift/class_marginal_vs_true", "drift/confusion"}
+    assert set(log.figures) == {"drift/class_marginal_vs_true", "drift/confusion", "drift/class_marginal_over_steps",
+                                "drift/pseudo_labels_per_class"}
     assert tmp_path / "drift" / "confusion.png" in log.pngs
+    # the bars of the interval: raw argmax, debiased pseudo-labels, confident ones, truth; each normalised
+    bars = log.figure_objects["drift/pseudo_labels_per_class"].axes[0]
+    heights = [[patch.get_height() for patch in container.patches] for container in bars.containers]
+    assert len(heights) == 4
+    for got, expected in zip(heights, ([5 / 6, 1 / 6, 0], [1 / 3] * 3, [2 / 5, 1 / 5, 2 / 5], [1 / 2, 1 / 3, 1 / 6])):
+        assert got == pytest.approx(expected)
+    assert [label.get_text() for label in bars.get_xticklabels()] == ["c0", "c1", "c2"]
+    confusion = log.figure_objects["drift/confusion"].axes[0]
+    assert confusion.get_xlabel() == "pseudo-label" and confusion.get_ylabel().startswith("true class")
+    assert confusion.get_title() == "pseudo-labels vs hidden labels, steps 1-1"
+    assert log.figure_objects["drift/class_marginal_vs_true"].axes[0].get_xlabel() == "class"
+    assert log.texts["drift/histogram_bins"].endswith("0 = c0, 1 = c1, 2 = c2")
+
+
+def test_drift_true_shares_sit_beside_q_hat_in_one_chart(tmp_path):
+    truth = [0, 0, 0, 1, 1, 2]
+    ctx = context(tmp_path, unlabeled=6, unlabeled_batch=6, steps=2, unlabeled_labels=truth)
+    hook = DriftHook(DriftHook.Options(interval=1, figure_interval=10))
+    hook.on_train_start(ctx)
+    probs = [[.8, .1, .1]] * 6
+    for step in (1, 2):
+        hook.on_step_end(record(step, [0, 1], [0, 1], torch.zeros(2, 3), list(range(6)), truth, probs, probs))
+    for c, share in enumerate([1 / 2, 1 / 3, 1 / 6]):
+        assert ctx.log.scalar_values[f"drift/true_share/c{c}"] == [(1, pytest.approx(share)), (2, pytest.approx(share))]
+    charts = [chart for layout in ctx.log.layouts for chart in layout["drift"].values()]
+    assert ["Multiline", [r"pseudo/class_marginal/.*", r"drift/true_share/.*"]] in charts
+    assert not any(chart[1] == [r"pseudo/class_marginal/.*"] for chart in charts)  # not a second q_hat chart
+
+
+def drive_drift(hook, ctx, steps, marginals):
+    probs = [[.8, .1, .1]] * 3
+    for step in steps:
+        rec = record(step, [0, 1], [0, 1], torch.zeros(2, 3), [0, 1, 2], [0, 1, 2], probs, probs)
+        hook.on_step_end(dataclasses.replace(rec, class_marginal=torch.tensor(marginals[step - 1])))
+
+
+def test_drift_q_hat_history_survives_checkpoint_and_resume(tmp_path):
+    marginals = [[0.5 - 0.01 * s, 0.3, 0.2 + 0.01 * s] for s in range(8)]
+    options = DriftHook.Options(interval=2, figure_interval=4)
+    straight_ctx = context(tmp_path / "straight", unlabeled=3, unlabeled_batch=3, steps=8)
+    straight = DriftHook(options)
+    straight.on_train_start(straight_ctx)
+    drive_drift(straight, straight_ctx, range(1, 9), marginals)
+    straight.on_train_end(8)
+
+    first_ctx = context(tmp_path / "paused", unlabeled=3, unlabeled_batch=3, steps=8)
+    first = DriftHook(options)
+    first.on_train_start(first_ctx)
+    drive_drift(first, first_ctx, range(1, 6), marginals)  # pause after step 5: mid-interval
+    state = torch.load(_saved(first.on_save_checkpoint(), tmp_path), weights_only=True)  # as the trainer keeps it
+    resumed_ctx = context(tmp_path / "paused", unlabeled=3, unlabeled_batch=3, steps=8, start_step=5)
+    resumed = DriftHook(options)
+    resumed.on_load_checkpoint(state)
+    resumed.on_train_start(resumed_ctx)
+    drive_drift(resumed, resumed_ctx, range(6, 9), marginals)
+    resumed.on_train_end(8)
+
+    expected = [(step, pytest.approx(marginals[step - 1])) for step in (2, 4, 6, 8)]
+    assert straight.marginal_history == expected and resumed.marginal_history == expected
+    # the figure of the end draws the whole history, in the resumed run too
+    for log in (straight_ctx.log, resumed_ctx.log):
+        axes = log.figure_objects["drift/class_marginal_over_steps"].axes[0]
+        solid = [line for line in axes.lines if line.get_linestyle() == "-"]
+        assert [list(line.get_xdata()) for line in solid] == [[2, 4, 6, 8]] * 3
+        assert list(solid[2].get_ydata()) == pytest.approx([marginals[s - 1][2] for s in (2, 4, 6, 8)])
+    assert resumed_ctx.log.figures["drift/class_marginal_over_steps"] == [8]
+    assert "drift/histogram_bins" not in resumed_ctx.log.texts  # written once, by the run that starts at step 0
+
+
+def _saved(state, tmp_path):
+    path = tmp_path / "hook_state.pt"
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("old_last_interval", ["format1", "format2"])
+def test_drift_loads_checkpoints_without_q_hat_history(tmp_path, old_last_interval):
+    marginal, confusion = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64), torch.eye(3, dtype=torch.long)
+    last = (4, marginal, confusion) if old_last_interval == "format1" else (4, (marginal, confusion))
+    state = {"sums": {}, "last_interval": last, "figures_step": 2}
+    ctx = context(tmp_path, unlabeled=3, unlabeled_batch=3, steps=4, start_step=4)
+    hook = DriftHook(DriftHook.Options(interval=2, figure_interval=4))
+    hook.on_load_checkpoint(state)
+    hook.on_train_start(ctx)
+    hook.on_train_end(4)  # draws the old last interval: no bars of its pseudo-labels (not kept then), no history
+    assert set(ctx.log.figures) == {"drift/class_marginal_vs_true", "drift/confusion"}
+    assert hook.marginal_history == []
+    assert hook.on_save_checkpoint()["marginal_history"] == {"steps": [], "values": []}
 
 
 def test_drift_figures_follow_their_own_interval(tmp_path):
@@ -225,6 +317,21 @@ def test_cartography_metrics_by_hand(tmp_path, pause):
     assert changes == {f"ulb{i}": sum(a != b for a, b in zip(labels, labels[1:])) for i, labels in PSEUDO.items()}
 
 
+def test_cartography_draws_each_map_by_correctness_and_by_class(tmp_path):
+    ctx = run_cartography(tmp_path)
+    for name, right in (("labeled", "the prediction was the given label"),
+                        ("unlabeled", "the pseudo-label was the hidden true label")):
+        assert ctx.log.figures[f"cartography/{name}/data_map"] == [4]
+        assert ctx.log.figures[f"cartography/{name}/data_map_by_class"] == [4]
+        assert tmp_path / "cartography" / name / "data_map_by_class.png" in ctx.log.pngs
+        data_map = ctx.log.figure_objects[f"cartography/{name}/data_map"]
+        assert data_map.axes[1].get_ylabel().replace("\n", " ") == f"correctness: fraction of epochs {right}"
+    # the unlabeled map's classes are the hidden labels [0, 1, 2, 0]: class 0 is the head
+    bars = ctx.log.figure_objects["cartography/unlabeled/data_map_by_class"].axes[1]
+    assert [label.get_text() for label in bars.get_xticklabels()] == ["c0", "c1", "c2"]
+    assert [text.get_text() for text in bars.texts] == ["2", "1", "1"]
+
+
 def read_like_allenai(folder):
     """allenai/cartography's reader: gold from the first epoch file, logits appended epoch by epoch."""
     dynamics = {}
@@ -323,11 +430,13 @@ def test_hooks_write_tensorboard_tags_and_resume(tiny):
                 "uncertainty/after_debiasing/auroc_entropy_wrong", "cartography/labeled/share_ambiguous",
                 "cartography/unlabeled/pseudo_label_changes_mean"):
         assert tag in tags["scalars"], tag
+    assert "drift/true_share/9" in tags["scalars"] and "pseudo/class_marginal/9" in tags["scalars"]
     for tag in ("drift/pseudo_labels", "drift/pseudo_labels_masked", "uncertainty/after_debiasing/entropy_all"):
         assert tag in tags["histograms"], tag
     for tag in ("drift/class_marginal_vs_true", "drift/confusion", "cartography/labeled/data_map",
                 "cartography/unlabeled/data_map", "cartography/unlabeled_before_debiasing/data_map",
-                "uncertainty/after_debiasing/reliability"):
+                "uncertainty/after_debiasing/reliability", "drift/class_marginal_over_steps",
+                "drift/pseudo_labels_per_class", "cartography/unlabeled/data_map_by_class"):
         assert tag in tags["images"], tag
     # the end-of-training galleries: in TensorBoard, and as PNG + CSV whose tiles are the rankings' heads
     for tag in ("cartography/labeled/gallery", "cartography/unlabeled/gallery", "uncertainty/gallery",
@@ -354,7 +463,10 @@ def test_hooks_write_tensorboard_tags_and_resume(tiny):
     layouts = events.Tensors(metadata.CONFIG_SUMMARY_TAG)
     last = layout_pb2.Layout.FromString(layouts[-1].tensor_proto.string_val[0])
     assert {category.title for category in last.category} == {"drift", "uncertainty"}
-    # the resumed run continues the hooks' curves and files exactly
+    # the resumed run continues the hooks' curves and files exactly, q_hat's history too
+    histories = [load_checkpoint(run_folder(config) / "checkpoint.pt")["hooks"]["drift"]["marginal_history"]
+                 for config in (straight, paused)]
+    assert histories[0]["steps"] == [4, 8, 12, 16, 20, 24, 26] and histories[0] == histories[1]
     assert (run_dir / "influence/self_influence_online.csv").read_text() == \
         (run_folder(paused) / "influence/self_influence_online.csv").read_text()
     for name in ("labeled", "unlabeled"):

@@ -1,4 +1,4 @@
-"""Loading experiments: files (with `base:`) -> merged dict -> --set overrides -> validated dataclasses.
+"""Loading experiments: files (with `base:`) -> merged dict -> --set overrides (overrides.py) -> validated dataclasses.
 
 `load_experiment` validates everything before anything runs and raises `ConfigError` naming the
 dotted key, the value and what is allowed. Algorithm and hook sections are checked against the
@@ -20,16 +20,12 @@ import yaml
 from debiaspl.algorithm import (ALGORITHMS, DEFAULT_ALGORITHM, LAYER_SEPARATOR, LAYERS, parse_algorithm_name,
                                 upgrade_legacy_config)
 from debiaspl.config.identity import flatten
+from debiaspl.config.overrides import ConfigError, apply_override, parse_override, set_dotted  # noqa: F401 (re-exported)
 from debiaspl.config.protocols import NO_PROTOCOL, PROTOCOLS
 from debiaspl.config.schema import AlgorithmConfig, ExperimentConfig, HookConfig, describe_fields  # noqa: F401 (re-exported)
-from debiaspl.errors import UserError
 from debiaspl.hooks import HOOKS
 
 _SHARED_ALGORITHM_KEYS = ("name", "unlabeled_weight", "marginal_momentum")
-
-
-class ConfigError(UserError):
-    """An experiment file or override that does not fit the schema."""
 
 
 class AbsentPartOptions(ConfigError):
@@ -50,11 +46,8 @@ def load_experiment(path: str | Path, overrides: typing.Sequence[str] = (), *,
     raw = _read_with_bases(path, chain=())
     if upgrade_legacy:
         raw = upgrade_legacy_config(raw)
-    for override in overrides:
-        key, value = parse_override(override)
-        if _leaf_type(key) is str:  # keep `run_name=2024` or `root=yes` as the text typed
-            value = override.partition("=")[2].strip()
-        _set_dotted(raw, key, value)
+    for override in overrides:  # in order: a later --set sees what an earlier one did
+        apply_override(raw, override, source=str(path))
     config = from_dict(with_protocol(_upgrade_old_values(raw)), source=str(path))
     if not config.logging.run_name:
         config = replace_dotted(config, "logging.run_name", path.stem)
@@ -76,7 +69,7 @@ def with_protocol(raw: dict) -> dict:
         return raw
     merged: dict = {}
     for key, value in settings.items():
-        _set_dotted(merged, key, value)
+        set_dotted(merged, key, value)
     _deep_merge(merged, raw)
     return merged
 
@@ -108,18 +101,6 @@ def _upgrade_old_values(raw: dict) -> dict:
     return raw
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """'train.steps=100' -> ('train.steps', 100); the value is parsed as YAML (types follow)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected dotted.key=value, e.g. train.steps=1000")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
-    return key.strip(), parsed
-
-
 def from_dict(raw: dict, source: str = "config") -> ExperimentConfig:
     """Build and validate an ExperimentConfig from a plain nested dict."""
     if not isinstance(raw, dict):
@@ -149,21 +130,8 @@ def save_config(config: ExperimentConfig, path: str | Path) -> None:
 def replace_dotted(config: ExperimentConfig, key: str, value: Any) -> ExperimentConfig:
     """A copy of `config` with one dotted key changed (and validated)."""
     raw = to_dict(config)
-    _set_dotted(raw, key, value)
+    set_dotted(raw, key, value)
     return from_dict(raw, source=f"setting {key}")
-
-
-def _leaf_type(dotted: str) -> Any:
-    """The schema type of a dotted key, or None when the key does not exist."""
-    cls: Any = ExperimentConfig
-    for part in dotted.split("."):
-        if not dataclasses.is_dataclass(cls):
-            return None
-        if cls is AlgorithmConfig and part in {**ALGORITHMS, **LAYERS}:
-            cls = (ALGORITHMS.get(part) or LAYERS[part]).Options
-            continue
-        cls = typing.get_type_hints(cls).get(part)
-    return cls
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -233,19 +201,6 @@ def _deep_merge(into: dict, update: dict) -> None:
             _deep_merge(into[key], value)
         else:
             into[key] = value
-
-
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
-    node = raw
-    *parents, leaf = key.split(".")
-    for part in parents:
-        child = node.setdefault(part, {})
-        if child is None:  # an empty section (`debiaspl:` with nothing under it)
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {part} is not a section")
-        node = child
-    node[leaf] = value
 
 
 def _build(cls: type, raw: dict, prefix: str, source: str) -> Any:
@@ -328,6 +283,8 @@ def _build_hooks(entries: Any, source: str) -> tuple[HookConfig, ...]:
         seen.add(name)
         hooks.append(HookConfig(name, _build(HOOKS[name].Options, options, f"{where}.", source)))
     return tuple(hooks)
+
+
 def _check_relations(config: ExperimentConfig, source: str) -> None:
     """Constraints that a single field's bounds cannot express."""
     if abs(config.data.unlabeled_imbalance) < 1:
@@ -374,6 +331,8 @@ def _check_value(value: Any, hint: Any, meta: typing.Mapping, dotted: str, sourc
             fail("must be a string")
         choices = meta.get("choices")
         if choices is not None and value not in choices:
+            if hasattr(choices, "unknown_message"):  # a registry that explains its own names (models: prefixes)
+                fail(choices.unknown_message(value))
             close = difflib.get_close_matches(value, list(choices), n=1)
             fail(f"must be one of {', '.join(choices)}" + (f" (did you mean {close[0]}?)" if close else ""))
     else:  # pragma: no cover - a schema field of a type this loader does not know

@@ -43,6 +43,10 @@ class DataConfig:
     cutout_fill: Literal["gray", "cifar_mean"] = option("gray", "Cutout colour: gray (127, 127, 127) as kekmodel, DASO and ACR, or cifar_mean (125, 123, 114) as USB")
     cutout_box: Literal["centered", "pil"] = option("centered", "Cutout geometry: centered (the paper's square around a uniform pixel, clipped at the borders) or pil (kekmodel's and USB's CutoutAbs: corner clamped at 0 so the box slides inside, PIL's inclusive rectangle one pixel larger)")
     normalization: Literal["data", "cifar10", "imagenet", "minus_one_one"] = option("data", "input normalisation: data (mean and std of this run's labeled + unlabeled images), cifar10 (kekmodel's, DASO's and ACR's constants), imagenet (USB's, also for CIFAR) or minus_one_one (x / 127.5 - 1, TensorFlow FixMatch)")
+    image_size: int = option(0, "side S of the square images the model sees: every image is resized (shorter side to S, bilinear) and center-cropped to S x S once, when decoded (the evaluation view), and the augmentations start from that square, their magnitudes and Cutout scaled to S (0: the images' own size, which must then be one size)", ge=0, le=4096)
+    storage: Literal["cache", "memory", "stream"] = option("cache", "how an image folder's pixels are held: cache (decoded once into a memory-mapped file under cache_dir, reused while the folder's files are unchanged), memory (decoded on every run into RAM) or stream (each batch decodes its files, for folders too large for any cache; needs image_size); CIFAR and digits always load into memory", execution=True)
+    cache_dir: str = option("", "folder of the decoded-image cache (empty: $XDG_CACHE_HOME/debiaspl or ~/.cache/debiaspl)", execution=True)
+    weak_crop: Literal["pad_crop", "random_resized_crop"] = option("pad_crop", "crop of the weak view (and of the strong view, which starts from it): pad_crop (FixMatch: reflect-pad by 1/8 of the size, random crop back) or random_resized_crop (a random 8-100% area with aspect 3/4..4/3, resized to the square, as ImageNet recipes train)")
     num_workers: int = option(0, "background processes that gather and augment batches (0: in the training process, which on few CPU cores is faster: a worker competes with the compute threads)", ge=0, execution=True)
     augment_on: Literal["auto", "loader", "device"] = option("auto", "where batches are augmented: in the loader (the training process, or its workers), or on the training device after the copy (auto: device on CUDA, loader on CPU); the result is the same", execution=True)
     teacher_logits: str = option("", "an .npz of a teacher's logits for the train images (arrays sample_ids [N] and logits [N, C], classes in the dataset's order; e.g. CLIP's zero-shot ones): the images it is confident about become the labeled set with its labels, all others the unlabeled set, and its label trains an unlabeled image the student's mask leaves out, as in the official zero-shot script (the long-tailed split keys are then not used)")
@@ -53,8 +57,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = option("wrn28_2", "network: WRN-28-2 (CIFAR-10), WRN-28-8 (CIFAR-100), small_cnn (CPU runs), small_cnn_gn (the same with GroupNorm, independent of the batch split across processes)", choices=MODELS)
+    name: str = option("wrn28_2", "network: WRN-28-2 (CIFAR-10), WRN-28-8 (CIFAR-100), small_cnn (CPU runs), small_cnn_gn (the same with GroupNorm, independent of the batch split across processes), or any torchvision:NAME / timm:NAME classification architecture (timm: pip install timm)", choices=MODELS)
     dropout: float = option(0.0, "dropout rate before the classifier", ge=0, lt=1)
+    weights: str = option("", "a local state_dict (.pt/.pth, loaded with weights_only) to start the network from, e.g. ImageNet weights saved from torchvision or timm; a classifier head with another class count is left out (said in one line); nothing is downloaded; a relative path is relative to the working directory (empty: random initialisation)")
     wrn_variant: str = option("default", "how the WRN models are defined: default (TensorFlow FixMatch's wiring, every conv1 sees BN-LReLU of its input; BN momentum 0.001), kekmodel (also ACR: the first block of groups 2 and 3 feeds conv1 the raw input), usb (kekmodel's, plus final BN eps 1e-3 and a stem bias) or daso (default wiring, PyTorch's BN momentum 0.1); other networks ignore it", choices=WRN_VARIANTS)
 
 
@@ -138,7 +143,7 @@ class LoggingConfig:
     run_name: str = option("", "run folder name under run_dir (empty: the experiment file's name)", execution=True)
     log_interval: int = option(50, "write training scalars every this many steps (the only host syncs)", ge=1, execution=True)
     checkpoint_interval: int = option(1024, "write the resumable checkpoint every this many steps (and at the end)", ge=1, execution=True)
-    progress_bar: bool = option(True, "show a tqdm progress bar", execution=True)
+    progress_bar: bool = option(True, "show a tqdm progress bar when stderr is a terminal; without it (false, or output redirected to a file) one timestamped line every log_interval steps", execution=True)
     snapshot_interval: int = option(0, "keep the model weights every this many steps in snapshots/ for `debiaspl influence` (TracIn); 0: none", ge=0, execution=True)
 
 
@@ -181,7 +186,8 @@ def describe_fields(cls: type = ExperimentConfig, prefix: str = "") -> list[tupl
         if dataclasses.is_dataclass(hint):
             rows += describe_fields(hint, prefix + f.name + ".")
         else:
-            kind = " / ".join(f.metadata["choices"]) if f.metadata.get("choices") else _type_name(hint)
+            choices = f.metadata.get("choices")
+            kind = (choices.describe() if hasattr(choices, "describe") else " / ".join(choices)) if choices else _type_name(hint)
             rows.append((prefix + f.name, kind, f.default, f.metadata.get("doc", "")))
     if cls is AlgorithmConfig:
         for part, with_it in [*((b, f"with the base {b}") for b in ALGORITHMS), *((l, f"with the layer +{l}") for l in LAYERS)]:

@@ -1,6 +1,7 @@
 """Batched weak/strong augmentation of uint8 images [N, C, H, W] for FixMatch (Sohn et al. 2020).
 
-Weak: horizontal flip + reflect-pad-and-crop. Strong: weak, then RandAugment (Cubuk et al. 2020),
+Weak: horizontal flip + a random crop (debiaspl.data.crops: FixMatch's reflect-pad-and-crop, or a
+random resized crop). Strong: weak, then RandAugment (Cubuk et al. 2020),
 then Cutout (DeVries & Taylor 2017). Two strong variants (``STRONG_VARIANTS``):
 
 * ``"fixmatch"``: kekmodel/FixMatch-pytorch ``RandAugmentMC(n=2, m=10)``. Each of 2 op slots picks
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from debiaspl.data.crops import WEAK_CROPS, weak_augment
+
 STRONG_VARIANTS = ("fixmatch", "usb")
 CUTOUT_BOXES = ("centered", "pil")
 
@@ -38,11 +41,14 @@ class StrongAugment:
     geometric_fill: int = 128                       # rotate / shear / translate fill, all channels
     cutout_fill: tuple[int, ...] = (127, 127, 127)  # per channel (a 1-channel image takes the first)
     cutout_box: str = "centered"                    # one of CUTOUT_BOXES
+    weak_crop: str = "pad_crop"                     # one of WEAK_CROPS, also the strong view's first step
 
     def __post_init__(self):
         if self.variant not in STRONG_VARIANTS:
             raise ValueError(f"unknown strong augmentation variant {self.variant!r}; expected one of "
                              f"{STRONG_VARIANTS}")
+        if self.weak_crop not in WEAK_CROPS:
+            raise ValueError(f"unknown weak crop {self.weak_crop!r}; expected one of {WEAK_CROPS}")
         if self.cutout_box not in CUTOUT_BOXES:
             raise ValueError(f"unknown Cutout box {self.cutout_box!r}; expected one of {CUTOUT_BOXES}")
         if not all(0 <= v <= 255 for v in (self.geometric_fill, *self.cutout_fill)):
@@ -347,41 +353,6 @@ def _cutout(images: torch.Tensor, boxes: CutoutBoxes, fill: tuple[int, ...] = (1
     return torch.where(inside, colour.view(1, c, 1, 1), images)
 
 
-def _check_inputs(images: torch.Tensor, generator: torch.Generator) -> None:
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
-        got = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a uint8 tensor, got {got}")
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must have shape [N, C, H, W] with C in (1, 3), got {tuple(images.shape)}")
-    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
-        raise ValueError(f"generator must be a CPU torch.Generator, got {generator!r}")
-
-
-def _reflect(positions: torch.Tensor, length: int) -> torch.Tensor:
-    """Map padded positions (pad < length) into [0, length) by mirror reflection without edge repeat."""
-    positions = positions.abs()
-    return torch.where(positions >= length, 2 * (length - 1) - positions, positions)
-
-
-def weak_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip (p=0.5) + reflect-pad by round(0.125 * size) then random crop back to H x W.
-
-    images: uint8 [N, C, H, W] on any device -> new uint8 [N, C, H, W] on the same device.
-    """
-    _check_inputs(images, generator)
-    n, c, h, w = images.shape
-    pad_y, pad_x = round(0.125 * h), round(0.125 * w)
-    flips = torch.rand(n, generator=generator) < 0.5
-    tops = torch.randint(0, 2 * pad_y + 1, (n, 1), generator=generator)
-    lefts = torch.randint(0, 2 * pad_x + 1, (n, 1), generator=generator)
-    # Flip, pad and crop are one index map per image, applied by a single gather.
-    rows = _reflect(tops + torch.arange(h) - pad_y, h)  # [N, H]
-    cols = _reflect(lefts + torch.arange(w) - pad_x, w)  # [N, W]
-    cols = torch.where(flips.view(-1, 1), w - 1 - cols, cols).to(images.device)
-    index = (rows.to(images.device)[:, :, None] * w + cols[:, None, :]).view(n, 1, h * w)
-    return images.reshape(n, c, h * w).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
-
-
 def strong_augment(
     images: torch.Tensor, generator: torch.Generator, augment: StrongAugment | str = "fixmatch"
 ) -> torch.Tensor:
@@ -392,7 +363,7 @@ def strong_augment(
     """
     if isinstance(augment, str):
         augment = StrongAugment(variant=augment)
-    images = _rand_augment(weak_augment(images, generator), generator, augment.variant == "fixmatch",
+    images = _rand_augment(weak_augment(images, generator, augment.weak_crop), generator, augment.variant == "fixmatch",
                            float(augment.geometric_fill))
     n, _, h, w = images.shape
     return _cutout(images, draw_cutout(n, h, w, augment, generator), augment.cutout_fill)

@@ -1,43 +1,25 @@
-"""Image sources decoded once into memory as uint8 tensors: CIFAR-10/100, ImageFolder trees, digits.
+"""Image sources as uint8 image sets: CIFAR-10/100, ImageFolder trees, digits.
 
-Each loader returns the full train pool and the test set; the long-tailed split is drawn from the
+CIFAR and digits load into memory from their compact files; an image folder is held as
+data.storage says (debiaspl.data.image_folder). Each loader returns the full train pool and the test set; the long-tailed split is drawn from the
 train pool in debiaspl.data.prepare, so every source gets the same treatment.
 """
 
 from __future__ import annotations
 
 import difflib
-import warnings
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from debiaspl.data.decoded_cache import cached_images
+from debiaspl.data.image_folder import (IMAGE_SUFFIXES, STORAGES, FolderImages, FolderOptions, class_folders,
+                                        decode_all, decode_image, list_images, quiet_bomb_warnings)
+from debiaspl.data.image_set import ImageSet, SourceData
 from debiaspl.errors import UserError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    images: torch.Tensor      # [N, C, H, W] uint8
-    labels: torch.Tensor      # [N] int64
-    sample_ids: list[str]     # [N] stable ids: the file path for image folders, "<split>/<index>" otherwise
-
-    def subset(self, indices: np.ndarray) -> "ImageSet":
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return ImageSet(self.images[index], self.labels[index], [self.sample_ids[i] for i in indices])
-
-
-@dataclass(frozen=True)
-class SourceData:
-    train: ImageSet
-    test: ImageSet
-    class_names: list[str]
 
 
 def load_cifar(root: str, download: bool, num_classes: int) -> SourceData:
@@ -62,19 +44,36 @@ def load_cifar(root: str, download: bool, num_classes: int) -> SourceData:
     return SourceData(splits["train"], splits["test"], list(dataset.classes))
 
 
-def load_image_folder(root: str, download: bool = False) -> SourceData:
-    """`<root>/train/<class>/*` and `<root>/test/<class>/*`, all images of one size, decoded as RGB."""
+def load_image_folder(root: str, download: bool = False, options: FolderOptions = FolderOptions()) -> SourceData:
+    """Both splits of `<root>/train/<class>/*` and `<root>/test/<class>/*`, held as options.storage says
+    (debiaspl.data.image_folder) and resized to options.image_size when it is set."""
+    if options.storage not in STORAGES:
+        raise UserError(f"data.storage = {options.storage!r}: must be one of {', '.join(STORAGES)}")
+    if options.storage == "stream" and not options.image_size:
+        raise UserError("data.storage = stream decodes each batch's files as it needs them, so it cannot check "
+                        "ahead that they are one size: set data.image_size (the side they are resized and "
+                        "center-cropped to)")
     base = Path(root)
-    class_names = _class_folders(base / "train")
-    test_classes = _class_folders(base / "test")
+    class_names = class_folders(base / "train")
+    test_classes = class_folders(base / "test")
     if test_classes != class_names:
         missing = sorted(set(class_names) ^ set(test_classes))
         raise UserError(f"{base}/train and {base}/test must hold the same class folders; differing: {', '.join(missing)}")
-    return SourceData(_decode_split(base / "train", class_names, base),
-                      _decode_split(base / "test", class_names, base), class_names)
+    splits = {}
+    for split in ("train", "test"):
+        files, labels = list_images(base / split, class_names)
+        ids = [str(path.relative_to(base)) for path in files]
+        if options.storage == "stream":
+            images = FolderImages([str(path) for path in files], options.image_size)
+        elif options.storage == "cache":
+            images = cached_images(base, split, files, ids, options.image_size, options.cache_dir)
+        else:
+            images = decode_all(files, options.image_size, f"decoding {base / split}")
+        splits[split] = ImageSet(images, torch.as_tensor(labels, dtype=torch.long), ids)
+    return SourceData(splits["train"], splits["test"], class_names)
 
 
-def load_digits(root: str = "", download: bool = False) -> SourceData:
+def load_digits(root: str = "", download: bool = False, options: FolderOptions = FolderOptions()) -> SourceData:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download), 70/30 per class.
 
     The train/test division is fixed (seed 0) so every run shares the same test set.
@@ -96,28 +95,45 @@ def load_digits(root: str = "", download: bool = False) -> SourceData:
                       [str(d) for d in range(10)])
 
 
-# Selected by `data.dataset`; each takes (root, download).
-DATASETS: dict[str, Callable[[str, bool], SourceData]] = {
-    "cifar10": lambda root, download: load_cifar(root, download, 10),
-    "cifar100": lambda root, download: load_cifar(root, download, 100),
+# Selected by `data.dataset`; each takes (root, download, FolderOptions). Only image folders read
+# the storage options: the other sources are small and load from compact files in seconds.
+DATASETS: dict[str, Callable[[str, bool, FolderOptions], SourceData]] = {
+    "cifar10": lambda root, download, options: load_cifar(root, download, 10),
+    "cifar100": lambda root, download, options: load_cifar(root, download, 100),
     "imagefolder": load_image_folder,
     "digits": load_digits,
 }
 
 
-def load_source(name: str, root: str, download: bool) -> SourceData:
+def load_source(name: str, root: str, download: bool, options: FolderOptions = FolderOptions()) -> SourceData:
+    """The named source's train pool and test set, resized to options.image_size when that is set."""
     if name not in DATASETS:
         close = difflib.get_close_matches(name, list(DATASETS), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise UserError(f"unknown dataset {name!r}{hint}; choose one of: {', '.join(DATASETS)}")
-    key = (name, str(Path(root).resolve()) if root else root)
+    key = (name, str(Path(root).resolve()) if root else root, options)
     if key not in _DECODED:
         # One source kept per process: a sweep or a benchmark that trains run after run on one dataset
-        # decodes its 60,000 JPEGs once (about a minute on 2 cores), not once a run. Nothing writes into
-        # a SourceData: subsets are copies.
+        # decodes (or maps) it once, not once a run. Nothing writes into a SourceData: subsets are copies.
         _DECODED.clear()
-        _DECODED[key] = DATASETS[name](root, download)
+        source = DATASETS[name](root, download, options)
+        if name != "imagefolder" and options.image_size:  # folders resize each file as it is decoded
+            source = SourceData(_resized(source.train, options.image_size), _resized(source.test, options.image_size),
+                                source.class_names)
+        _DECODED[key] = source
     return _DECODED[key]
+
+
+def _resized(images: ImageSet, size: int) -> ImageSet:
+    """Square images resized to size x size (bilinear, antialiased, as the image folders' decoding)."""
+    if images.images.shape[-2:] == (size, size):
+        return images
+    out = torch.empty((len(images.labels), images.images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, len(out), 1024):
+        chunk = images.images[start:start + 1024].float()
+        out[start:start + 1024] = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True,
+                                                align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+    return ImageSet(out, images.labels, images.sample_ids)
 
 
 _DECODED: dict[tuple[str, str], SourceData] = {}
@@ -126,90 +142,13 @@ _DECODED: dict[tuple[str, str], SourceData] = {}
 def check_source_available(name: str, root: str, download: bool) -> None:
     """Fail early (before any run of a batch trains) when a dataset's files cannot be there."""
     if name == "imagefolder":
-        _class_folders(Path(root) / "train")
-        _class_folders(Path(root) / "test")
+        class_folders(Path(root) / "train")
+        class_folders(Path(root) / "test")
     elif name in ("cifar10", "cifar100") and not download:
         folder = Path(root) / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
         if not folder.is_dir():
             raise UserError(f"data.root={root!r} has no {folder.name} folder and data.download is false")
 
 
-def _class_folders(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        raise UserError(f"image folder {folder} does not exist: data.root must contain train/<class>/ "
-                        f"and test/<class>/ folders")
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not names:
-        raise UserError(f"image folder {folder} has no class sub-folders")
-    if len(names) == 1:
-        # one class leaves nothing to pseudo-label between: every prediction would be that class
-        raise UserError(f"image folder {folder} has a single class sub-folder ({names[0]}): semi-supervised "
-                        f"learning needs at least two class folders, one per class")
-    return names
-
-
-def _decode_split(folder: Path, class_names: list[str], base: Path) -> ImageSet:
-    files, labels = [], []
-    for index, name in enumerate(class_names):
-        members = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        files += members
-        labels += [index] * len(members)
-    if not files:
-        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
-
-    def decode(path: Path) -> torch.Tensor:
-        return torch.from_numpy(decode_image(path, "RGB")).permute(2, 0, 1)
-
-    # Pillow's decoders release the GIL, so threads give a real speed-up here.
-    with quiet_bomb_warnings(), ThreadPoolExecutor(max_workers=4) as pool:
-        images = list(pool.map(decode, files, chunksize=256))
-    shape = images[0].shape
-    for path, image in zip(files, images):
-        if image.shape != shape:
-            raise UserError(f"{path} is {tuple(image.shape[1:])} pixels but {files[0]} is {tuple(shape[1:])}: "
-                            f"resize the folder's images to one size first")
-    ids = [str(p.relative_to(base)) for p in files]
-    return ImageSet(torch.stack(images).contiguous(), torch.as_tensor(labels, dtype=torch.long), ids)
-
-
-# What Pillow raises for a file it cannot read or that is corrupt: UnidentifiedImageError and "image file
-# is truncated" are OSErrors; broken headers and tiles surface as SyntaxError, ValueError or EOFError.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
-
-
-def decode_image(path: Path, mode: str) -> np.ndarray:
-    """One image file as a uint8 array in Pillow `mode` ("RGB": [H, W, 3], "L": [H, W]).
-
-    A file that cannot be decoded, or whose header declares more than Image.MAX_IMAGE_PIXELS pixels,
-    is a UserError naming it. Pillow itself raises only above twice that limit and merely warns
-    between the two, then decodes the whole image; the header check below refuses both before a
-    pixel is decoded, whatever the warning filters say.
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit is not None and image.width * image.height > limit:
-                raise UserError(f"image {path} is refused as a possible decompression bomb: it declares "
-                                f"{image.width} x {image.height} = {image.width * image.height} pixels, over "
-                                f"PIL.Image.MAX_IMAGE_PIXELS = {limit}; remove it or shrink it")
-            return np.array(image.convert(mode))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # the latter under -W error
-        raise UserError(f"image {path} is refused as a possible decompression bomb: {exc}; remove it or shrink it") from None
-    except _DECODE_ERRORS as exc:
-        raise UserError(f"cannot decode image {path} ({type(exc).__name__}: {exc}); replace or remove it") from None
-
-
-@contextmanager
-def quiet_bomb_warnings() -> Iterator[None]:
-    """Silence Pillow's DecompressionBombWarning (decode_image refuses those images itself, with one line).
-
-    Enter it once around a whole folder, in the calling thread: the filters are process-wide, and
-    entering catch_warnings in several threads at once would restore them out of order.
-    """
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        yield
+__all__ = ["DATASETS", "IMAGE_SUFFIXES", "FolderOptions", "ImageSet", "SourceData", "decode_image",
+           "load_source", "quiet_bomb_warnings"]

@@ -107,8 +107,9 @@ def augment_batch(batch: UnaugmentedBatch, step: int, seed: int, strong: StrongA
     result on either: the random parameters come from a CPU generator seeded by (seed, step).
     """
     generator = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT_STREAM, step))
-    x_lb = weak_augment(batch.x_lb, generator)
-    x_ulb_weak = weak_augment(batch.x_ulb, generator)
+    crop = strong.weak_crop if isinstance(strong, StrongAugment) else "pad_crop"
+    x_lb = weak_augment(batch.x_lb, generator, crop)
+    x_ulb_weak = weak_augment(batch.x_ulb, generator, crop)
     x_ulb_strong = strong_augment(batch.x_ulb, generator, strong)
     return TrainBatch(x_lb, batch.y_lb, batch.idx_lb, x_ulb_weak, x_ulb_strong, batch.y_ulb, batch.idx_ulb)
 

@@ -15,7 +15,7 @@ import torch
 
 from debiaspl.config import DataConfig
 from debiaspl.data.augment import StrongAugment
-from debiaspl.data.datasets import ImageSet, load_source
+from debiaspl.data.datasets import FolderOptions, ImageSet, load_source
 from debiaspl.data.long_tail import long_tail_counts, split_labeled_unlabeled
 from debiaspl.data.teacher import TeacherPredictions, read_teacher_logits
 from debiaspl.errors import UserError
@@ -36,6 +36,7 @@ class TrainingData:
     # may not fill in; and what the teacher scored on the images, the baseline a student should beat
     unlabeled_teacher_labels: torch.Tensor | None = None
     teacher_summary: dict | None = None
+    storage: str = "memory"      # how the pixels are held: memory, cache (memory-mapped) or stream (data.storage)
 
     @property
     def num_classes(self) -> int:
@@ -50,12 +51,14 @@ class TrainingData:
         return {"class_names": self.class_names, "labeled_counts": self.labeled_counts,
                 "unlabeled_counts": self.unlabeled_counts, "num_labeled": sum(self.labeled_counts),
                 "num_unlabeled": sum(self.unlabeled_counts), "num_test": len(self.test.labels),
-                "image_shape": list(self.image_shape), "mean": list(self.mean), "std": list(self.std),
+                "image_shape": list(self.image_shape), "storage": self.storage,
+                "mean": list(self.mean), "std": list(self.std),
                 **({"teacher": self.teacher_summary} if self.teacher_summary else {})}
 
 
 def prepare_data(config: DataConfig) -> TrainingData:
-    source = load_source(config.dataset, config.root, config.download)
+    source = load_source(config.dataset, config.root, config.download,
+                         FolderOptions(config.image_size, config.storage, config.cache_dir))
     num_classes = len(source.class_names)
     labeled_counts = long_tail_counts(config.num_labeled_head, config.labeled_imbalance, num_classes)
     unlabeled_counts = unlabeled_class_counts(config, num_classes)
@@ -87,11 +90,11 @@ def prepare_data(config: DataConfig) -> TrainingData:
     labeled, unlabeled = source.train.subset(idx_lb), source.train.subset(idx_ulb)
     if labeled_labels is not None:
         labeled = ImageSet(labeled.images, torch.as_tensor(labeled_labels, dtype=torch.long), labeled.sample_ids)
-    mean, std = normalization_stats(config.normalization, torch.cat([labeled.images, unlabeled.images]))
+    mean, std = normalization_stats(config.normalization, [labeled, unlabeled])
     return TrainingData(labeled, unlabeled, source.test, source.class_names,
                         np.bincount(labeled.labels.numpy(), minlength=num_classes).tolist(),
                         np.bincount(unlabeled.labels.numpy(), minlength=num_classes).tolist(), mean, std,
-                        teacher_labels, teacher_summary)
+                        teacher_labels, teacher_summary, config.storage if config.dataset == "imagefolder" else "memory")
 
 
 def summarize_teacher(teacher: TeacherPredictions, pool_labels: np.ndarray, idx_lb: np.ndarray, idx_ulb: np.ndarray,
@@ -190,15 +193,16 @@ CUTOUT_FILLS = {"gray": (127, 127, 127), "cifar_mean": (125, 123, 114)}
 def strong_augmentation(config: DataConfig) -> StrongAugment:
     """The strong view `data:` describes."""
     return StrongAugment(variant=config.strong_augment, geometric_fill=config.geometric_fill,
-                         cutout_fill=CUTOUT_FILLS[config.cutout_fill], cutout_box=config.cutout_box)
+                         cutout_fill=CUTOUT_FILLS[config.cutout_fill], cutout_box=config.cutout_box,
+                         weak_crop=config.weak_crop)
 
 
-def normalization_stats(name: str, images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) per channel for data.normalization `name`; "data" measures them on `images` uint8 [N, C, H, W]."""
+def normalization_stats(name: str, sets: list[ImageSet]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel for data.normalization `name`; "data" measures them on the images of `sets`."""
+    channels = sets[0].images.shape[1]
     if name == "data":
-        return _channel_stats(images)
+        return channel_stats([s.images for s in sets])
     mean, std = NORMALIZATIONS[name]
-    channels = images.shape[1]
     if channels != len(mean):
         if name != "minus_one_one":
             raise UserError(f"data.normalization = {name}: its constants are for {len(mean)}-channel images, "
@@ -207,6 +211,33 @@ def normalization_stats(name: str, images: torch.Tensor) -> tuple[tuple[float, .
     return mean, std
 
 
-def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    pixels = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255.0
-    return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).clamp_min(1e-3).tolist())
+STREAM_STATS_IMAGES = 4096  # images decoded to measure the statistics of a set decoded on the fly
+
+
+def channel_stats(image_sets: list, pixels_per_chunk: int = 2**22) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (unbiased) std, in [0, 1] units, of uint8 images [N, C, H, W] in chunks.
+
+    Counts each channel's 256 pixel values per chunk, so the sums are exact integers whatever the
+    number of pixels, and no float copy of the images is ever made. Images decoded on the fly are
+    measured on a fixed sample of STREAM_STATS_IMAGES of them (decoding all would cost a pass over
+    every file).
+    """
+    histogram = None
+    for images in image_sets:
+        chunk = max(1, pixels_per_chunk // int(np.prod(images.shape[1:])))
+        positions = range(len(images))
+        if getattr(images, "decodes_on_read", False) and len(images) > STREAM_STATS_IMAGES:
+            positions = np.sort(np.random.default_rng(0).choice(len(images), STREAM_STATS_IMAGES, replace=False))
+        for start in range(0, len(positions), chunk):
+            index = positions[start:start + chunk]
+            pixels = images[index] if isinstance(index, np.ndarray) else images[index.start:index.stop]
+            pixels = pixels.transpose(0, 1).reshape(pixels.shape[1], -1).int()
+            offsets = torch.arange(len(pixels), dtype=torch.int32).unsqueeze(1) * 256
+            counts = torch.bincount((pixels + offsets).flatten(), minlength=256 * len(pixels)).view(len(pixels), 256)
+            histogram = counts if histogram is None else histogram + counts
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    counts = histogram.double()
+    n = counts.sum(1)
+    mean = (counts * values).sum(1) / n
+    variance = (counts * (values - mean.unsqueeze(1)) ** 2).sum(1) / (n - 1).clamp_min(1)
+    return tuple(mean.tolist()), tuple(variance.sqrt().clamp_min(1e-3).tolist())

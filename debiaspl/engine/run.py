@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
-from debiaspl.config import (EXECUTION_KEYS, ExperimentConfig, flatten, load_saved_config, protocol_deviations,
-                             replace_dotted, save_config, to_dict)
+from debiaspl.config import (EXECUTION_KEYS, ExperimentConfig, describe_fields, flatten, load_saved_config,
+                             protocol_deviations, replace_dotted, save_config, to_dict)
 from debiaspl.config.protocols import NO_PROTOCOL
 from debiaspl.data.datasets import check_source_available
 from debiaspl.data.prepare import prepare_data
@@ -85,11 +86,12 @@ def saved_state(config: ExperimentConfig) -> dict | None:
     return None
 
 
-def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
+def train_run(config: ExperimentConfig, until_step: int | None = None, varying: frozenset[str] = frozenset()) -> dict:
     """Train into the config's run folder, resuming it when it holds a checkpoint; returns results.
 
     With `until_step`, pause there (checkpoint written, no results.json) so that a long run can be
-    split across jobs of limited length.
+    split across jobs of limited length. `varying`: the hyperparameters that differ between the runs
+    trained together (`varying_hyperparameters`), which TensorBoard's HParams tab shows first.
     """
     run_dir = run_folder(config)
     distributed = Distributed.from_environment()  # one process, or one of those torchrun started
@@ -99,14 +101,14 @@ def train_run(config: ExperimentConfig, until_step: int | None = None) -> dict:
     try:
         if run_dir.is_dir():
             refuse_symlinks(run_dir)
-        return _train_into(run_dir, config, until_step, distributed, lock)
+        return _train_into(run_dir, config, until_step, distributed, lock, varying)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train_into(run_dir: Path, config: ExperimentConfig, until_step: int | None, distributed: Distributed,
-                lock: RunFolderLock | None) -> dict:
+                lock: RunFolderLock | None, varying: frozenset[str]) -> dict:
     say = print if distributed.is_main else _silent
     state = saved_state(config)
     finished = finished_results(config)
@@ -134,7 +136,8 @@ def _train_into(run_dir: Path, config: ExperimentConfig, until_step: int | None,
             if deviations else ""))
     # A refused resume (a damaged or mismatched checkpoint) must leave the folder as it was: load the
     # state before anything is written.
-    trainer = Trainer(config, data, device, distributed=distributed)
+    # a resumed run takes its weights from the checkpoint: model.weights need not be there any more
+    trainer = Trainer(config, data, device, distributed=distributed, start_weights=state is None)
     if state is not None:
         restore(trainer, state, run_dir / CHECKPOINT_NAME)
     if distributed.is_main:
@@ -173,7 +176,10 @@ def _train_into(run_dir: Path, config: ExperimentConfig, until_step: int | None,
 
     # Also from step 0: a run that died before its first checkpoint leaves logs to drop.
     log = RunLog(run_dir, resume_step=trainer.step) if distributed.is_main else NullLog()
-    if state is None:
+    if state is None:  # a resumed run wrote these at its step 0, which stays
+        log.text("config/resolved", "The resolved config, as `config.yaml` in the run folder holds it:\n\n"
+                 + _code_block(yaml.safe_dump(to_dict(config), sort_keys=False)))
+        log.hparams_start(hyperparameters(config))
         log.text("data/split", _split_table(data.class_names, data.labeled_counts, data.unlabeled_counts))
         if config.protocol != NO_PROTOCOL:
             rows = "".join(f"| {key} | {theirs} | {ours} |\n" for key, (ours, theirs) in deviations.items())
@@ -183,6 +189,9 @@ def _train_into(run_dir: Path, config: ExperimentConfig, until_step: int | None,
     started = time.perf_counter()
     try:
         metrics = trainer.fit(log, run_dir, until_step)
+        if trainer.step >= config.train.steps:  # the HParams table's metrics: the last value of each eval/ scalar
+            log.hparams_end(hparam_columns(config), [f"eval/{name}" for name, value in metrics.items()
+                                                     if isinstance(value, (int, float))], varying, trainer.step)
     finally:
         log.close()
     results = {"step": trainer.step, "algorithm": config.algorithm.name, "run": str(run_dir),
@@ -231,6 +240,37 @@ def check_resumable(saved: ExperimentConfig, current: ExperimentConfig, run_dir:
     if blocking:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(blocking)}); resume it with "
                         f"the same settings, or start a new run with --set logging.run_name=NEW_NAME")
+
+
+def hyperparameters(config: ExperimentConfig) -> dict:
+    """The config as TensorBoard's HParams tab lists it: dotted keys of numbers, strings and bools, the hooks'
+    names as one string; not the run folder's name and place, which name the run already."""
+    flat = flatten(to_dict(config))
+    flat["hooks"] = ",".join(hook.name for hook in config.hooks) or "none"
+    return {key: value for key, value in flat.items() if key not in _RUN_IDENTITY_KEYS}
+
+
+def hparam_columns(config: ExperimentConfig) -> dict:
+    """Every key any run may have (each algorithm part's options too), so that every run's HParams
+    experiment has the same columns: this run's values over the defaults (values give the types)."""
+    columns = {key: default for key, _, default, _ in describe_fields() if key not in _RUN_IDENTITY_KEYS}
+    return {**columns, **hyperparameters(config)}
+
+
+def varying_hyperparameters(configs: list[ExperimentConfig]) -> frozenset[str]:
+    """The hyperparameters whose values differ between these runs, or that only some of them have."""
+    values = [hyperparameters(config) for config in configs]
+    keys = set().union(*values)
+    return frozenset(key for key in keys if len({repr(v.get(key, _ABSENT)) for v in values}) > 1)
+
+
+_RUN_IDENTITY_KEYS = frozenset({"logging.run_dir", "logging.run_name"})
+_ABSENT = object()
+
+
+def _code_block(text: str) -> str:
+    """Markdown (what TensorBoard's Text tab renders) showing the text as it is: indented as code."""
+    return "".join(f"    {line}\n" for line in text.splitlines())
 
 
 def _split_table(class_names: list[str], labeled: list[int], unlabeled: list[int]) -> str:

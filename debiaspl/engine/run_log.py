@@ -1,7 +1,8 @@
 """Where a run's numbers go: TensorBoard event files and metrics.jsonl in the run folder.
 
 On resume from step k, both drop what the interrupted run wrote after k (TensorBoard's
-purge_step; metrics.jsonl rewritten), so curves continue without duplicates.
+purge_step; metrics.jsonl rewritten), so curves continue without duplicates; a run that starts
+again from step 0 drops everything, the texts and hyperparameters written at step 0 included.
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
 from debiaspl.metrics.plots import save_figure
 from debiaspl.files import write_text
@@ -22,8 +26,9 @@ class RunLog:
         self.metrics_path = run_dir / METRICS_NAME
         if self.metrics_path.exists():
             _truncate_after(self.metrics_path, resume_step)
-        # Events at resume_step itself were written before that checkpoint and stay.
-        self.writer = SummaryWriter(str(run_dir), purge_step=resume_step + 1)
+        # Events at resume_step itself were written before that checkpoint and stay; with no checkpoint
+        # (step 0) the run starts over and nothing stays.
+        self.writer = SummaryWriter(str(run_dir), purge_step=resume_step + 1 if resume_step else 0)
         self._metrics_file = open(self.metrics_path, "a")
         self._layout: dict[str, dict] = {}  # the Custom Scalars layout written so far
 
@@ -63,6 +68,29 @@ class RunLog:
             self._layout.setdefault(category, {}).update(charts)
         self.writer.add_custom_scalars(self._layout)
 
+    def hparams_start(self, values: dict[str, Any]) -> None:
+        """TensorBoard HParams: this run's hyperparameters (a session start), written when it starts, so that
+        a run that stops before the end is listed with them too. Values: numbers, strings and bools."""
+        _, start, _ = hparams(_hparam_values(values), {})
+        self.writer.file_writer.add_summary(start, 0)
+
+    def hparams_end(self, columns: dict[str, Any], metric_tags: list[str], differs: frozenset[str], step: int) -> None:
+        """The HParams experiment and the end of this run's session, when it finished.
+
+        The experiment names the table's columns: the hyperparameters (`columns`' keys; their values give
+        only the types) and the metrics, scalar tags whose last value is the run's. TensorBoard shows one
+        experiment for all the runs it reads, that of whichever run it finds first, so every run should
+        write the same columns; `differs` (hyperparameters that vary between the runs) are shown first.
+        """
+        experiment, _, end = hparams(_hparam_values(columns), dict.fromkeys(metric_tags, 0.0))
+        plugin_data = experiment.value[0].metadata.plugin_data
+        content = HParamsPluginData.FromString(plugin_data.content)
+        for info in content.experiment.hparam_infos:
+            info.differs = info.name in differs
+        plugin_data.content = content.SerializeToString()
+        self.writer.file_writer.add_summary(experiment, step)
+        self.writer.file_writer.add_summary(end, step)
+
     def close(self) -> None:
         self.writer.close()
         self._metrics_file.close()
@@ -76,7 +104,16 @@ class NullLog:
     def histogram(self, tag, counts, edges, step) -> None: ...
     def figure(self, tag, figure, step, png_path=None) -> None: ...
     def custom_scalars(self, layout) -> None: ...
+    def hparams_start(self, values) -> None: ...
+    def hparams_end(self, columns, metric_tags, differs, step) -> None: ...
     def close(self) -> None: ...
+
+
+def _hparam_values(values: dict[str, Any]) -> dict[str, int | float | str]:
+    """Bools as 'true' / 'false' (torch's hparams would record them as the numbers 1 and 0); other values
+    than numbers and strings are left out."""
+    return {key: ("true" if value else "false") if isinstance(value, bool) else value
+            for key, value in values.items() if isinstance(value, (bool, int, float, str))}
 
 
 def _truncate_after(path: Path, step: int) -> None:

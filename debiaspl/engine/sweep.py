@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from debiaspl.config import (AbsentPartOptions, ExperimentConfig, flatten, load_experiment, parse_override,
+from debiaspl.config import (AbsentPartOptions, ExperimentConfig, flatten, get_dotted, load_experiment, parse_override,
                              replace_dotted, to_dict, training_settings)
 from debiaspl.errors import UserError
 
@@ -93,6 +93,15 @@ def sweep_configs(experiment: Path, overrides: list[str], axes: list[GridAxis],
             trains[what_it_trains] = name
             configs.append(config)
     return configs, notes
+
+
+def grid_settings(config: ExperimentConfig, axes: list[GridAxis]) -> list[str]:
+    """The run's grid values and seed as `key=value` (its config's values), for the line that announces it;
+    a grid value for an algorithm part the run's algorithm.name does not include is not among them."""
+    raw, missing = to_dict(config), object()
+    shown = [(axis.key, get_dotted(raw, axis.key, missing)) for axis in axes]  # hook options too
+    shown = [(key, value) for key, value in shown if value is not missing] + [("train.seed", config.train.seed)]
+    return [f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in shown]
 
 
 def _load_point(experiment: Path, overrides: list[str], point: list[tuple[GridAxis, str]],

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from debiaspl.algorithm import AlgorithmState, StepInputs, StepOutput
 from debiaspl.config import ExperimentConfig, to_dict
@@ -29,6 +28,7 @@ from debiaspl.engine.evaluate import evaluate_model, evaluate_pseudo_labels
 from debiaspl.engine.guard import NonFiniteWatch
 from debiaspl.engine.monitor import PseudoLabelMonitor
 from debiaspl.engine.optim import build_optimizer, build_scheduler
+from debiaspl.engine.progress import Progress
 from debiaspl.engine.run_log import RunLog
 from debiaspl.engine.timing import StepTimer
 from debiaspl.hooks import HOOKS, RunContext, StepRecord
@@ -76,7 +76,7 @@ def state_on(state: AlgorithmState, device: torch.device | str) -> AlgorithmStat
 
 class Trainer:
     def __init__(self, config: ExperimentConfig, data: TrainingData, device: torch.device,
-                 timer: StepTimer | None = None, distributed: Distributed | None = None):
+                 timer: StepTimer | None = None, distributed: Distributed | None = None, start_weights: bool = True):
         self.config, self.data, self.device = config, data, device
         self.timer = timer or StepTimer(device)
         self.dist = distributed or Distributed()
@@ -84,7 +84,7 @@ class Trainer:
         torch.manual_seed(config.train.seed)
         in_channels = data.image_shape[0]
         self.model = build_model(config.model.name, data.num_classes, in_channels, config.model.dropout,
-                                 config.model.wrn_variant).to(device)
+                                 config.model.wrn_variant, weights=config.model.weights if start_weights else "").to(device)
         self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.bf16 = use_bf16(config.train.precision, device)
@@ -124,8 +124,8 @@ class Trainer:
         total_steps, monitor, timer = cfg.train.steps, self.monitor, self.timer
         end_step = total_steps if until_step is None else min(until_step, total_steps)
         batches = iter(self.loader(self.step, end_step))
-        progress = tqdm(total=total_steps, initial=self.step, desc=cfg.logging.run_name, unit="step",
-                        dynamic_ncols=True, disable=None if cfg.logging.progress_bar and self.dist.is_main else True)
+        progress = Progress(total_steps, self.step, end_step, cfg.logging.run_name, bar=cfg.logging.progress_bar,
+                            show=self.dist.is_main)
         metrics, interval_start, steps_timed = {}, time.perf_counter(), 0
         context = self._run_context(log, run_dir)
         for hook in self.hooks:
@@ -139,7 +139,7 @@ class Trainer:
             monitor.update(trained.result, batch.y_ulb)
             self.watch.update(self.step, trained.result.loss)
             steps_timed += 1
-            progress.update(1)
+            progress.advance()
             if self.hooks or self.gather_records:
                 with timer.section("hooks"):
                     record = self._step_record(batch, trained, state_before["class_marginal"])
@@ -158,12 +158,12 @@ class Trainer:
                     scalars["train/steps_per_second"] = steps_per_second
                     scalars.update(self._per_class_scalars())
                     log.scalars(self.step, scalars)
-                    progress.set_postfix(loss=f"{scalars['train/loss']:.3f}", mask=f"{scalars['pseudo/mask_rate']:.2f}")
+                    progress.log(self.step, scalars)
                     interval_start, steps_timed = time.perf_counter(), 0
             if self.dist.is_main and (self.step % cfg.eval.interval == 0 or is_last):
                 metrics = self.evaluate()
                 log.scalars(self.step, _eval_scalars(metrics, self.data.class_names))
-                progress.write(f"step {self.step}: top1 {metrics['top1']:.4f}  balanced {metrics['balanced_acc']:.4f}")
+                progress.evaluation(self.step, metrics)
                 for hook in self.hooks:
                     hook.on_evaluation(self.step, metrics)
             if not self.dist.is_main:

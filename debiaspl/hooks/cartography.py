@@ -5,7 +5,8 @@ exactly once per epoch) it records the probability of the target and whether the
 right, in arrays preallocated for the whole run. Labeled set: target = the given label. Unlabeled
 set: target = that epoch's pseudo-label, "right" = the pseudo-label equals the hidden true label,
 with a map before and after debiasing for DebiasPL. Every `figure_interval` steps and at the end
-it writes data maps, allenai/cartography's td_metrics.jsonl and the top-k ambiguous / hard-to-learn
+it writes data maps (coloured by correctness; and by class, beside each class's share of every
+region, head to tail), allenai/cartography's td_metrics.jsonl and the top-k ambiguous / hard-to-learn
 samples; optionally allenai's per-epoch training_dynamics files.
 """
 
@@ -19,11 +20,19 @@ import torch
 
 from debiaspl.metrics.cartography import region_of, td_metrics_records, top_k, training_dynamics_metrics
 from debiaspl.metrics.gallery import GalleryRow, entries_from, write_gallery
-from debiaspl.metrics.plots import data_map_figure, save_figure
+from debiaspl.metrics.plots import data_map_by_class_figure, data_map_figure, save_figure
 from debiaspl.files import write_csv, write_text
 from debiaspl.options import option
 from debiaspl.data.loaders import stream_epoch_segments
 from debiaspl.hooks.base import Hook, RunContext, StepRecord
+
+
+# per map: the target whose probability is the confidence, when a prediction counts as right, the class of a sample
+_MAP_MEANINGS = {
+    "labeled": ("the given label", "the prediction was the given label", "class: the given label"),
+    "unlabeled": ("the pseudo-label", "the pseudo-label was the hidden true label", "class: the hidden true label"),
+    "unlabeled_before_debiasing": ("the raw weak-view argmax", "the raw argmax was the hidden true label",
+                                   "class: the hidden true label")}
 
 
 @dataclass(frozen=True)
@@ -242,12 +251,20 @@ class CartographyHook(Hook):
                                                 dynamics.correct[:, :complete].cpu())
             self._metrics[name] = metrics
             folder = self.context.run_dir / "cartography" / name
-            figure = data_map_figure(metrics["confidence"], metrics["variability"], metrics["correctness"],
-                                     f"{name} data map, {complete} epochs (step {step})")
-            if to_tensorboard:
-                log.figure(f"cartography/{name}/data_map", figure, step, folder / "data_map.png")
-            else:
-                save_figure(figure, folder / "data_map.png")
+            target, right, truth = _MAP_MEANINGS[name]
+            figures = {"data_map": data_map_figure(
+                           metrics["confidence"], metrics["variability"], metrics["correctness"],
+                           f"{name} data map, {complete} epochs (step {step}); target: {target}",
+                           correctness_label=f"correctness: fraction of epochs {right}"),
+                       "data_map_by_class": data_map_by_class_figure(
+                           metrics["confidence"], metrics["variability"], dynamics.labels.cpu(),
+                           self.context.class_names,
+                           f"{name}: data map and regions per class ({truth}), {complete} epochs (step {step})")}
+            for kind, figure in figures.items():
+                if to_tensorboard:
+                    log.figure(f"cartography/{name}/{kind}", figure, step, folder / f"{kind}.png")
+                else:
+                    save_figure(figure, folder / f"{kind}.png")
             records = td_metrics_records(dynamics.ids, metrics)
             write_text(folder / "td_metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
             changes = dynamics.changes.cpu() if dynamics.changes is not None else None

@@ -11,6 +11,9 @@ import torch
 
 NEVER_LEARNED = 1000  # allenai/cartography's forgetfulness of a sample never predicted right
 REGIONS = ("easy-to-learn", "ambiguous", "hard-to-learn")
+# The region boundaries of `region_of`, the data map's dashed lines and the share_* scalars (one source for all)
+AMBIGUOUS_VARIABILITY = 0.2  # variability at or above: ambiguous
+EASY_CONFIDENCE = 0.5        # below that variability, confidence at or above: easy-to-learn, else hard-to-learn
 TD_METRICS_COLUMNS = ("guid", "index", "threshold_closeness", "confidence", "variability", "correctness",
                       "forgetfulness")
 
@@ -66,8 +69,8 @@ def training_dynamics_metrics(target_prob: torch.Tensor, correct: torch.Tensor) 
             "epochs_observed": epochs_observed}
 
 
-def region_of(confidence: torch.Tensor, variability: torch.Tensor, ambiguous_variability: float = 0.2,
-              easy_confidence: float = 0.5) -> np.ndarray:
+def region_of(confidence: torch.Tensor, variability: torch.Tensor,
+              ambiguous_variability: float = AMBIGUOUS_VARIABILITY, easy_confidence: float = EASY_CONFIDENCE) -> np.ndarray:
     """[N] region name of each sample on the data map, a display convention rather than the paper's method.
 
     The paper draws regions by eye; here: "ambiguous" if variability >= ambiguous_variability, otherwise

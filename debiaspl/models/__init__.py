@@ -1,15 +1,16 @@
-"""Network registry: a plain dict from config name to constructor, and `build_model` to look one
-up with a helpful error. WideResNet-28-k (Zagoruyko & Komodakis 2016) as in FixMatch (Sohn et al.
-2020), and a small CNN for CPU runs.
+"""Network registry: the built-in networks by config name, plus torchvision:NAME and timm:NAME, and
+`build_model` to look one up with a helpful error and start it from a local state_dict. WideResNet-28-k
+(Zagoruyko & Komodakis 2016) as in FixMatch (Sohn et al. 2020), and a small CNN for CPU runs.
 """
 
-import difflib
+from collections.abc import Iterator, MutableMapping
 from functools import partial
 from typing import Callable, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
 from debiaspl.models.ema import ModelEMA
+from debiaspl.models.external import ExternalClassifier, build_external, explain_unknown, is_external_name, load_weights
 from debiaspl.models.small_cnn import SmallCNN
 from debiaspl.models.wide_resnet import WRN_VARIANTS, WideResNet
 
@@ -33,31 +34,75 @@ class Classifier(Protocol):
         ...
 
 
+class ModelRegistry(MutableMapping[str, Callable[..., Classifier]]):
+    """The built-in networks by name, and every torchvision:NAME / timm:NAME the installed libraries
+    build. Iterating (and len) gives the built-ins only; `in` and lookup take the prefixed names too,
+    so a config's model.name is checked against the libraries when it loads. A network of your own
+    is one assignment: MODELS["my_net"] = constructor (README, "Adding an algorithm, a hook, a dataset")."""
+
+    def __init__(self, builtins: dict[str, Callable[..., Classifier]]):
+        self.builtins = builtins
+
+    def __getitem__(self, name: str) -> Callable[..., Classifier]:
+        if name in self.builtins:
+            return self.builtins[name]
+        if is_external_name(name):
+            return partial(build_external, name)
+        raise KeyError(name)
+
+    def __setitem__(self, name: str, constructor: Callable[..., Classifier]) -> None:
+        if is_external_name(name) or ":" in name:
+            raise ValueError(f"{name!r}: names with a ':' are the libraries' (torchvision:NAME, timm:NAME)")
+        self.builtins[name] = constructor
+
+    def __delitem__(self, name: str) -> None:
+        del self.builtins[name]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name in self.builtins or is_external_name(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.builtins)
+
+    def __len__(self) -> int:
+        return len(self.builtins)
+
+    def unknown_message(self, name: str) -> str:
+        """What the config loader says about a name that is none of these: the built-ins, the prefixes
+        and the closest name (inside the library the prefix names)."""
+        return explain_unknown(name, list(self.builtins))
+
+    def describe(self) -> str:
+        """The choices as the config reference lists them."""
+        return " / ".join([*self.builtins, "torchvision:NAME", "timm:NAME"])
+
+
 # Each constructor takes (num_classes, in_channels, dropout) as keywords.
-MODELS: dict[str, Callable[..., Classifier]] = {
+MODELS = ModelRegistry({
     "wrn28_2": partial(WideResNet, depth=28, widen_factor=2),  # CIFAR-10 in FixMatch, ~1.47M params
     "wrn28_8": partial(WideResNet, depth=28, widen_factor=8),  # CIFAR-100 in FixMatch, ~23.4M params
     "small_cnn": SmallCNN,  # CPU runs and tests, ~0.1M params
     "small_cnn_gn": partial(SmallCNN, norm="group"),  # the same with GroupNorm: batch-independent
-}
+})
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, dropout: float = 0.0,
-                wrn_variant: str = "default") -> nn.Module:
-    """A freshly initialised `MODELS[name]` for `num_classes` classes and `in_channels` channels,
-    with dropout rate `dropout` before the classifier; a WideResNet is built as `wrn_variant` says
-    (WRN_VARIANTS), other networks have no variants. Raises ValueError for an unknown name.
+                wrn_variant: str = "default", weights: str = "") -> nn.Module:
+    """A `MODELS[name]` for `num_classes` classes and `in_channels` channels, with dropout rate
+    `dropout` before the classifier; a WideResNet is built as `wrn_variant` says (WRN_VARIANTS), other
+    networks have no variants. Freshly initialised, or loaded from the local state_dict file `weights`
+    (see external.load_weights; UserError when it does not fit). Raises ValueError for an unknown name.
     """
     if name not in MODELS:
-        message = f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}"
-        close = difflib.get_close_matches(name, MODELS, n=1)
-        if close:
-            message += f" (did you mean {close[0]!r}?)"
-        raise ValueError(message)
+        raise ValueError(f"unknown model {name!r}: {MODELS.unknown_message(name)}")
     constructor = MODELS[name]
     is_wrn = getattr(constructor, "func", constructor) is WideResNet
     variant = {"variant": wrn_variant} if is_wrn else {}
-    return constructor(num_classes=num_classes, in_channels=in_channels, dropout=dropout, **variant)
+    model = constructor(num_classes=num_classes, in_channels=in_channels, dropout=dropout, **variant)
+    if weights:
+        load_weights(model, weights, name)
+    return model
 
 
-__all__ = ["MODELS", "WRN_VARIANTS", "Classifier", "ModelEMA", "SmallCNN", "WideResNet", "build_model"]
+__all__ = ["MODELS", "WRN_VARIANTS", "Classifier", "ExternalClassifier", "ModelEMA", "ModelRegistry", "SmallCNN",
+           "WideResNet", "build_model"]

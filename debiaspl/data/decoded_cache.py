@@ -1,0 +1,127 @@
+"""The decoded-image cache: an image folder's split decoded once into a memory-mapped .npy file.
+
+The file's name carries a key over everything its pixels depend on: each file's path (relative to
+the folder), size and modification time, the stored size S, the cache format and Pillow's version.
+A run whose folder matches maps the file and starts without decoding; any change (a file added,
+removed, replaced or touched) gives another key, so a stale cache is never read, only rebuilt, and
+the stale file of that folder and split is removed after the new one is in place.
+
+The file is written under a temporary name and renamed into place when complete, so a crash or a
+kill mid-decode leaves no half-written cache that a later run could map; concurrent jobs that
+build the same cache each write their own temporary file, and the last rename wins with equal
+pixels. The map is copy-on-write: nothing a run does in memory can change the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import socket
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from debiaspl.data.image_folder import decode_into, stored_shape
+from debiaspl.data.image_set import MappedImages
+from debiaspl.errors import UserError
+
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/debiaspl, else ~/.cache/debiaspl."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "debiaspl"
+
+
+def cache_key(files: list[Path], ids: list[str], size: int) -> str:
+    """32 hex digits over the file list (relative ids, sizes, mtimes), S, the format and Pillow's version."""
+    import PIL
+
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps({"format": CACHE_FORMAT, "size": size, "mode": "RGB", "pillow": PIL.__version__}).encode())
+    for path, sample_id in zip(files, ids):
+        stat = path.stat()
+        digest.update(f"{sample_id}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def cached_images(root: Path, split: str, files: list[Path], ids: list[str], size: int,
+                  cache_dir: str = "") -> MappedImages:
+    """The split's images [N, 3, H, W] uint8, memory-mapped from the cache (decoded into it first if needed)."""
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    prefix = f"{_slug(root)}-{split}-{size or 'native'}"
+    path = folder / f"{prefix}-{cache_key(files, ids, size)}.npy"
+    if not path.exists():
+        _build(path, prefix, files, size, f"decoding {root / split} into {path.parent}")
+    try:
+        array = np.load(path, mmap_mode="c")  # copy-on-write: writes stay in this process's memory
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the decoded cache {path} ({exc}); delete it and run again") from None
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[0] != len(files) or array.shape[1] != 3:
+        raise UserError(f"the decoded cache {path} holds {array.dtype} {list(array.shape)}, not the "
+                        f"{len(files)} RGB images of {root / split}; delete it and run again")
+    mapped = torch.from_numpy(array)
+    return MappedImages(mapped, torch.arange(len(mapped)))
+
+
+def _build(path: Path, prefix: str, files: list[Path], size: int, description: str) -> None:
+    shape = (len(files), *stored_shape(files, size))
+    temporary = path.with_name(f"{path.stem}.partial-{socket.gethostname()}-{os.getpid()}.npy")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(path.parent, prefix)
+        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
+        try:
+            decode_into(out, files, size, description)
+            out.flush()
+        finally:
+            del out
+        os.replace(temporary, path)
+    except OSError as exc:
+        _discard(temporary)
+        needed = int(np.prod(shape)) / 2**20
+        hint = (f"it needs {needed:.0f} MiB free" if exc.errno == errno.ENOSPC else
+                "that folder must be writable")
+        raise UserError(f"cannot write the decoded cache {path} ({exc.strerror or exc}): {hint}; set data.cache_dir "
+                        f"to another folder, or data.storage: memory to decode on every run") from None
+    except BaseException:
+        _discard(temporary)
+        raise
+    for stale in path.parent.glob(f"{prefix}-*.npy"):  # earlier versions of this folder and split
+        if stale != path and ".partial-" not in stale.name:
+            stale.unlink(missing_ok=True)  # a job still mapping it keeps its pages until it exits
+
+
+def _discard(temporary: Path) -> None:
+    try:
+        temporary.unlink(missing_ok=True)
+    except OSError:  # its folder could not be made: there is nothing to remove
+        pass
+
+
+def _remove_abandoned(folder: Path, prefix: str) -> None:
+    """Temporary files of builds on this host whose process is gone (killed mid-decode)."""
+    host = socket.gethostname()
+    for partial in folder.glob(f"{prefix}-*.partial-*.npy"):
+        owner_host, _, pid = partial.name.rsplit(".partial-", 1)[1].removesuffix(".npy").rpartition("-")
+        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+            partial.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _slug(root: Path) -> str:
+    """A readable file-name part for the folder (the key, not this, tells folders apart)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", root.resolve().name or "root")[:60]

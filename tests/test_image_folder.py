@@ -1,0 +1,231 @@
+"""Image folders of mixed sizes: image_size, the decoded cache, the streaming path, statistics, crops."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from debiaspl.config import DataConfig
+from debiaspl.data import image_folder
+from debiaspl.data.crops import draw_resized_crop_boxes, resized_crops, weak_augment
+from debiaspl.data.datasets import FolderOptions, load_image_folder
+from debiaspl.data.prepare import channel_stats, prepare_data
+from debiaspl.errors import UserError
+from tests.conftest import tiny_config
+
+
+def _write_folder(root, sizes=((20, 12), (9, 15), (16, 16), (31, 8)), per_class=4, classes=("ant", "bee", "cat")):
+    """A tree of PNGs and JPEGs of the given (width, height) sizes, RGB and gray, with per-image content."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                width, height = sizes[(i + c) % len(sizes)]
+                pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+                pixels[..., 0] = 60 * c + 10 * i  # a class-dependent channel the model can learn
+                image = Image.fromarray(pixels)
+                if i % 3 == 2:
+                    image.convert("L").save(folder / f"{i}.png")
+                else:
+                    image.save(folder / f"{i}.{'jpg' if i % 2 else 'png'}", quality=95)
+    return root
+
+
+def test_mixed_sizes_need_image_size_then_every_storage_gives_the_same_pixels(tmp_path):
+    root = _write_folder(tmp_path / "photos")
+    with pytest.raises(UserError, match="set data.image_size"):
+        load_image_folder(str(root), options=FolderOptions(storage="memory"))
+    loaded = {storage: load_image_folder(str(root), options=FolderOptions(12, storage, str(tmp_path / "cache")))
+              for storage in ("memory", "cache", "stream")}
+    memory = loaded["memory"]
+    assert memory.train.images.shape == (12, 3, 12, 12) and memory.test.images.shape == (12, 3, 12, 12)
+    for storage in ("cache", "stream"):
+        other = loaded[storage]
+        assert other.train.sample_ids == memory.train.sample_ids
+        assert torch.equal(other.train.labels, memory.train.labels)
+        assert torch.equal(other.train.images[torch.arange(12)], memory.train.images)
+        assert torch.equal(other.test.images[0:12], memory.test.images)
+        assert torch.equal(other.train.images[5], memory.train.images[5])
+    stream_subset = loaded["stream"].train.subset(np.array([7, 2]))
+    assert torch.equal(stream_subset.images[0:2], memory.train.images[[7, 2]])
+
+
+def test_decoding_resizes_the_shorter_side_and_center_crops(tmp_path):
+    from PIL import Image
+
+    pixels = np.zeros((10, 30, 3), dtype=np.uint8)   # 30 wide, 10 high: a red left third, green middle, blue right
+    pixels[:, :10, 0] = pixels[:, 10:20, 1] = pixels[:, 20:, 2] = 255
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    square = image_folder.decode_image(tmp_path / "wide.png", "RGB", 10)
+    assert square.shape == (10, 10, 3)
+    assert (square[..., 1] == 255).all() and (square[..., [0, 2]] == 0).all()   # only the middle third is kept
+
+
+def test_the_second_load_maps_the_cache_without_decoding(tmp_path, monkeypatch):
+    root, cache = _write_folder(tmp_path / "photos"), tmp_path / "cache"
+    first = load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+    files = sorted(p.name for p in cache.iterdir())
+    assert len(files) == 2 and all(name.endswith(".npy") for name in files)  # train and test, nothing partial
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although the cache is valid")
+    monkeypatch.setattr(image_folder, "decode_image", no_decoding)
+    second = load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+    assert torch.equal(second.train.images[0:12], first.train.images[0:12])
+    second.train.images.mapped[0].fill_(7)   # copy-on-write: the file keeps its pixels
+    monkeypatch.undo()
+    third = load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+    assert torch.equal(third.train.images[0:12], first.train.images[0:12]) and not (third.train.images[0] == 7).all()
+    subset = third.train.subset(np.array([3, 1]))
+    assert type(subset.images).__name__ == "MappedImages" and torch.equal(subset.images[0:2], first.train.images[[3, 1]])
+
+
+def test_a_changed_file_invalidates_the_cache_and_the_stale_one_is_removed(tmp_path):
+    root, cache = _write_folder(tmp_path / "photos"), tmp_path / "cache"
+    load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+    before = {p.name for p in cache.iterdir()}
+    victim = root / "train" / "bee" / "0.png"
+    from PIL import Image
+    Image.fromarray(np.full((12, 12, 3), 200, dtype=np.uint8)).save(victim)
+    os.utime(victim, ns=(1, 1))  # another mtime even on a coarse file system
+    after = load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+    names = {p.name for p in cache.iterdir()}
+    assert len(names) == 2 and names != before
+    changed = after.train.sample_ids.index("train/bee/0.png")
+    assert (after.train.images[changed] == 200).all()
+    # another size is another cache, kept beside this one
+    load_image_folder(str(root), options=FolderOptions(8, "cache", str(cache)))
+    assert len(list(cache.iterdir())) == 4
+
+
+def test_a_decode_that_fails_midway_leaves_no_cache_file(tmp_path, monkeypatch):
+    root, cache = _write_folder(tmp_path / "photos"), tmp_path / "cache"
+    calls = []
+    real = image_folder.decode_image
+
+    def failing(path, mode, size=0):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # as a kill or Ctrl-C mid-decode
+        return real(path, mode, size)
+    monkeypatch.setattr(image_folder, "decode_image", failing)
+    with pytest.raises(KeyboardInterrupt):
+        load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+    assert list(cache.iterdir()) == []
+    monkeypatch.undo()
+    assert load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache))).train.images.shape[0] == 12
+
+
+def test_an_abandoned_partial_file_of_a_dead_process_is_removed(tmp_path):
+    root, cache = _write_folder(tmp_path / "photos"), tmp_path / "cache"
+    cache.mkdir()
+    import socket
+    dead = cache / f"photos-train-12-{'0' * 32}.partial-{socket.gethostname()}-999999999.npy"
+    dead.write_bytes(b"half")
+    load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+    assert not dead.exists()
+
+
+def test_an_unwritable_cache_folder_is_one_line_naming_it(tmp_path):
+    root = _write_folder(tmp_path / "photos")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(UserError, match=f"cannot write the decoded cache {blocker}.*data.cache_dir.*data.storage: memory"):
+        load_image_folder(str(root), options=FolderOptions(12, "cache", str(blocker)))
+
+
+def test_a_damaged_cache_file_is_refused_with_its_name(tmp_path):
+    root, cache = _write_folder(tmp_path / "photos"), tmp_path / "cache"
+    load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+    victim = next(p for p in cache.iterdir() if "-train-" in p.name)
+    victim.write_bytes(victim.read_bytes()[:200])
+    with pytest.raises(UserError, match=f"{victim}.*delete it and run again"):
+        load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+
+
+def test_stream_needs_an_image_size(tmp_path):
+    root = _write_folder(tmp_path / "photos", sizes=((12, 12),))
+    with pytest.raises(UserError, match="data.storage = stream .* set data.image_size"):
+        load_image_folder(str(root), options=FolderOptions(0, "stream"))
+
+
+def test_channel_stats_are_exact_in_chunks_and_sample_a_streamed_set(tmp_path):
+    images = torch.randint(0, 256, (50, 3, 9, 7), dtype=torch.uint8)
+    mean, std = channel_stats([images[:20], images[20:]], pixels_per_chunk=500)
+    pixels = images.transpose(0, 1).reshape(3, -1).double() / 255
+    assert np.allclose(mean, pixels.mean(1).tolist(), rtol=0, atol=1e-12)
+    assert np.allclose(std, pixels.std(1).tolist(), rtol=0, atol=1e-12)
+    root = _write_folder(tmp_path / "photos")
+    config = dict(dataset="imagefolder", root=str(root), image_size=12, num_labeled_head=2, labeled_imbalance=1,
+                  num_unlabeled_head=2, unlabeled_imbalance=1, cache_dir=str(tmp_path / "cache"))
+    cached, streamed = prepare_data(DataConfig(**config)), prepare_data(DataConfig(**config, storage="stream"))
+    assert cached.mean == streamed.mean and cached.std == streamed.std  # below the sample size: every image
+    assert not streamed.labeled.in_memory and cached.labeled.in_memory
+
+
+def test_random_resized_crop_equals_cropping_then_interpolating():
+    images = torch.randint(0, 256, (40, 3, 20, 28), dtype=torch.uint8)
+    boxes = draw_resized_crop_boxes(40, 20, 28, torch.Generator().manual_seed(3))
+    assert ((boxes[:, 2] >= 1) & (boxes[:, 0] + boxes[:, 2] <= 20) & (boxes[:, 3] >= 1)
+            & (boxes[:, 1] + boxes[:, 3] <= 28)).all()
+    flips = torch.arange(40) % 2 == 0
+    out = resized_crops(images, boxes, flips)
+    for i, (top, left, height, width) in enumerate(boxes.tolist()):
+        reference = torch.nn.functional.interpolate(images[i:i + 1, :, top:top + height, left:left + width].float(),
+                                                    size=(20, 28), mode="bilinear", align_corners=False)
+        reference = reference.round().clamp(0, 255).to(torch.uint8)[0]
+        reference = reference.flip(-1) if flips[i] else reference
+        assert (reference.int() - out[i].int()).abs().max() <= 1  # float32 grid positions
+    assert weak_augment(images, torch.Generator().manual_seed(0), "random_resized_crop").shape == images.shape
+
+
+def test_random_resized_crop_boxes_follow_torchvision_distribution():
+    from torchvision.transforms import RandomResizedCrop
+
+    ours = draw_resized_crop_boxes(20000, 32, 32, torch.Generator().manual_seed(1)).double()
+    torch.manual_seed(0)
+    theirs = torch.tensor([RandomResizedCrop.get_params(torch.zeros(3, 32, 32), (0.08, 1.0), (3 / 4, 4 / 3))
+                           for _ in range(20000)]).double()
+    area_ours, area_theirs = (ours[:, 2] * ours[:, 3]).mean(), (theirs[:, 2] * theirs[:, 3]).mean()
+    assert abs(area_ours - area_theirs) / area_theirs < 0.03
+    assert (ours.mean(0) - theirs.mean(0)).abs().max() < 0.3
+
+
+def test_a_mixed_size_folder_trains_evaluates_and_records_how_it_was_held(tmp_path):
+    import json
+
+    from debiaspl.engine.run import train_run
+
+    root = _write_folder(tmp_path / "photos", per_class=6)
+    data = {"dataset": "imagefolder", "root": str(root), "image_size": 16, "num_labeled_head": 3,
+            "labeled_imbalance": 1, "num_unlabeled_head": 3, "unlabeled_imbalance": 1,
+            "cache_dir": str(tmp_path / "cache"), "weak_crop": "random_resized_crop"}
+    results = {}
+    for storage in ("cache", "stream"):
+        config = tiny_config(tmp_path / "runs", data={**data, "storage": storage}, logging={"run_name": storage})
+        results[storage] = train_run(config)
+        info = json.loads((tmp_path / "runs" / storage / "run_info.json").read_text())
+        assert info["image_shape"] == [3, 16, 16]
+        assert info["storage"] == storage
+    assert results["cache"]["top1"] == results["stream"]["top1"]  # the same pixels, the same run
+
+
+def test_mapped_and_streamed_images_index_like_a_tensor(tmp_path):
+    from debiaspl.data.image_set import MappedImages
+
+    tensor = torch.arange(5 * 3 * 4 * 4).view(5, 3, 4, 4)
+    mapped = MappedImages(tensor, torch.tensor([4, 0, 2]))
+    reference = tensor[[4, 0, 2]]
+    for key in (1, -1, slice(0, 2), torch.tensor([2, 0]), np.array([1]), (1, 0, 2), (slice(0, 3), 1), (torch.tensor([2]), 0, 1, 3)):
+        assert torch.equal(mapped[key], reference[key]), key
+    assert mapped.shape == (3, 3, 4, 4) and len(mapped.select(np.array([0, 2]))) == 2
+    root = _write_folder(tmp_path / "photos", sizes=((6, 6),))
+    streamed = load_image_folder(str(root), options=FolderOptions(6, "stream")).train.images
+    in_memory = load_image_folder(str(root), options=FolderOptions(6, "memory")).train.images
+    for key in (3, slice(2, 5), torch.tensor([4, 1]), (2, 1), (slice(0, 2), 0, 3)):
+        assert torch.equal(streamed[key], in_memory[key]), key
