@@ -66,12 +66,13 @@ def machine_choices(precision: str, augment_on: str, device: torch.device) -> di
 def bf16_is_fast(device: torch.device, flags: frozenset[str] | None = None) -> bool:
     """Whether bf16 autocast is the faster choice on this device (train.precision: auto).
 
-    On CPUs only with AMX tiles: torch's own check (mkldnn bf16 support) also says yes where bf16 is
-    emulated on plain AVX-512, which is slower than float32, and AVX512-BF16 without AMX was slower
-    too where we measured it (a Xeon with AMX switched off: WRN-28-2's step 715 ms in bf16 against
-    485-521 ms in fp32; README, "Which precision `auto` picks").
+    On CPUs, where measured (README, "Which precision `auto` picks"): with AMX tiles, and on AMD
+    CPUs with AVX512-BF16 (an AMD EPYC, family 25 model 17: WRN-28-2's step 316-356 ms in bf16
+    against 599-613 ms in fp32 at B = 16). Not on a Xeon with AVX512-BF16 but AMX switched off
+    (715 ms in bf16 against 485-521 ms in fp32), nor where bf16 is only emulated on plain AVX-512
+    or AVX2, though torch's own check (mkldnn bf16 support) says yes there.
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    flags = cpu_flags() if flags is None else flags
-    return device.type == "cpu" and "amx_bf16" in flags
+    flags = cpu_flags() if flags is None else flags  # /proc/cpuinfo's words: the vendor_id is one of them
+    return device.type == "cpu" and ("amx_bf16" in flags or ("AuthenticAMD" in flags and "avx512_bf16" in flags))

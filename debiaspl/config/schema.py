@@ -123,7 +123,7 @@ class TrainConfig:
     ema_buffers: Literal["copy", "average"] = option("copy", "BatchNorm running statistics of the EMA model: copied from the model (kekmodel, USB, ACR) or averaged like the weights (DASO)")
     seed: int = option(0, "seed of weights, batch order and augmentation", ge=0, le=MAX_SEED)
     device: str = option("auto", "auto (cuda when available), cpu, cuda or cuda:N", execution=True)
-    precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast of the forward pass (losses and q_hat stay float32); auto: bf16 on CUDA devices that support it and on CPUs with AMX, fp32 elsewhere (AVX512-BF16 alone measured slower than fp32)")
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast of the forward pass (losses and q_hat stay float32); auto: bf16 on CUDA devices that support it, on CPUs with AMX and on AMD CPUs with AVX512-BF16, fp32 elsewhere (AVX512-BF16 on an Intel CPU without AMX measured slower than fp32)")
     channels_last: bool = option(True, "NHWC memory layout for the model and its inputs (faster convolutions with bf16 and on many CPUs)", execution=True)
     compile: bool = option(False, "torch.compile the model (slow first steps; worth it for long GPU runs)", execution=True)
     weak_forward: Literal["joint", "separate"] = option("joint", "joint: labeled, weak and strong views in one forward pass with gradients, so BatchNorm sees them together (FixMatch); separate: the weak view in its own pass without gradients (cheaper)")
