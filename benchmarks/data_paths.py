@@ -35,7 +35,7 @@ def synthetic_photos(folder: Path, count: int) -> Path:
     rng = np.random.default_rng(0)
     base = (rng.random((375, 500, 3)) * 255).astype(np.uint8)
     for index in range(count):
-        split = "test" if index % 10 == 0 else "train"
+        split = "test" if (index // 10) % 10 == 0 else "train"  # every class in both splits
         target = folder / split / f"class{index % 10}"
         target.mkdir(parents=True, exist_ok=True)
         pixels = np.roll(base, index * 7, axis=1)  # no two files alike, realistic JPEG entropy
