@@ -12,6 +12,7 @@ from tensorboard.util import tensor_util
 from debiaspl.cli import main
 from debiaspl.engine.progress import Progress, format_duration
 from debiaspl.engine.run import run_folder, train_run
+from tests.test_sweep_report import TINY_EXPERIMENT as SWEEP_EXPERIMENT
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
 TRAIN_LINE = re.compile(rf"^{STAMP}  step (\d+)/6  loss \d+\.\d{{3}}  mask [01]\.\d\d  lr \d\.\d+(e-\d+)?  "
@@ -55,15 +56,8 @@ def test_a_terminal_gets_the_bar_and_timestamped_evaluations(monkeypatch, capsys
     assert [format_duration(s) for s in (3, 125, 84420, 200000, -1)] == ["3s", "2m05s", "23h27m", "2d07h", "0s"]
 
 
-TINY_EXPERIMENT = """
-data: {dataset: digits, num_labeled_head: 20, labeled_imbalance: 5, num_unlabeled_head: 40, unlabeled_imbalance: 5,
-       num_workers: 0}
-model: {name: small_cnn}
-train: {steps: 4, batch_size: 8, unlabeled_ratio: 2, device: cpu}
-algorithm: {marginal_momentum: 0.9, fixmatch: {threshold: 0.5}}
-eval: {interval: 2, batch_size: 128}
-logging: {run_dir: RUN_DIR, log_interval: 2, checkpoint_interval: 2}
-"""
+# test_sweep_report's tiny experiment, 4 steps, with the default progress_bar
+TINY_EXPERIMENT = SWEEP_EXPERIMENT.replace("steps: 6", "steps: 4").replace(", progress_bar: false", "")
 
 
 def test_sweep_runs_are_announced_and_compare_in_hparams(tmp_path, capsys):
