@@ -23,6 +23,7 @@ from debiaspl.engine.run_log import NullLog, RunLog
 from debiaspl.engine.trainer import Trainer
 from debiaspl.errors import UserError
 from debiaspl.files import write_json
+from debiaspl.models.depthwise import Float32DepthwiseConv2d
 from debiaspl.run_folder import (CHECKPOINT_NAME, CONFIG_NAME, LABEL_FILE_COPY, RESULTS_NAME, RUN_INFO_NAME,
                                  RunFolderLock, load_run_checkpoint, refuse_symlinks, remove_stale_temporaries,
                                  way_back)
@@ -160,6 +161,9 @@ def _train_into(run_dir: Path, config: ExperimentConfig, until_step: int | None,
                                              "distributed_backend": (distributed.backend(device.type)
                                                                      if distributed.enabled else None),
                                              "bf16_autocast": use_bf16(config.train.precision, device),
+                                             # computed in fp32 under CPU autocast (models/depthwise.py)
+                                             "fp32_depthwise_convs": sum(isinstance(module, Float32DepthwiseConv2d)
+                                                                         for module in trainer.model.modules()),
                                              "machine": machine_choices(config.train.precision,
                                                                         config.data.augment_on, device),
                                              "protocol": config.protocol,

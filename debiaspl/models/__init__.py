@@ -9,6 +9,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from debiaspl.models.depthwise import keep_depthwise_in_float32
 from debiaspl.models.ema import ModelEMA
 from debiaspl.models.external import ExternalClassifier, build_external, explain_unknown, is_external_name, load_weights
 from debiaspl.models.small_cnn import SmallCNN
@@ -99,6 +100,7 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, dropout: floa
     is_wrn = getattr(constructor, "func", constructor) is WideResNet
     variant = {"variant": wrn_variant} if is_wrn else {}
     model = constructor(num_classes=num_classes, in_channels=in_channels, dropout=dropout, **variant)
+    keep_depthwise_in_float32(model)  # CPU bf16 leaves some of their weight gradients unwritten (depthwise.py)
     if weights:
         load_weights(model, weights, name)
     return model
