@@ -6,6 +6,7 @@ A leaf module: the trainer, the hooks and the offline verbs all write through it
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -34,6 +35,15 @@ def write_csv(path: Path, columns: dict[str, list]) -> None:
     for row in zip(*columns.values()):
         writer.writerow([f"{value:.6g}" if isinstance(value, float) else value for value in row])
     write_text(path, buffer.getvalue())
+
+
+def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """The SHA-256 of a file, read in chunks (weights files run to hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _finite(value):

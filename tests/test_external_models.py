@@ -2,6 +2,7 @@
 state_dict, ImageNet heads left out). Small torchvision networks on 8x8 inputs, a few seconds each."""
 
 import csv
+import hashlib
 import json
 import logging
 import subprocess
@@ -16,7 +17,7 @@ from torchvision import models
 from debiaspl.analysis.evaluate_run import evaluate_run
 from debiaspl.analysis.load_run import load_run
 from debiaspl.config import ConfigError, from_dict, load_experiment, to_dict
-from debiaspl.engine.run import run_folder, train_run
+from debiaspl.engine.run import run_folder, train_run, weights_record
 from debiaspl.errors import UserError
 from debiaspl.models import MODELS, Classifier, ExternalClassifier, build_model
 from debiaspl.models.external import library_names
@@ -238,7 +239,12 @@ def test_a_run_from_imagenet_weights_trains_evaluates_and_traces(tiny, tmp_path,
     assert "left out fc.weight, fc.bias (1000 classes in the file, 10 in this run)" in caplog.text
     assert "conv1.0.weight adapted from 3 input channels to 1" in caplog.text
     run_dir = run_folder(config)
-    assert json.loads((run_dir / "run_info.json").read_text())["fp32_depthwise_convs"] > 0  # shufflenet has them
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["fp32_depthwise_convs"] > 0  # shufflenet has them
+    assert info["model_weights"] == {"path": str(weights.resolve()), "bytes": weights.stat().st_size,
+                                     "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    # a resume keeps the record of the start, whether or not the file is still there
+    assert weights_record(config, {"step": 2}, run_dir) == info["model_weights"]
     weights.unlink()  # the run folder holds everything the offline verbs need
     run = load_run(run_dir, device="cpu")
     # the checkpoint's EMA weights, not the file's, are what the verbs evaluate

@@ -22,7 +22,7 @@ from debiaspl.engine.guard import NonFiniteWatch
 from debiaspl.engine.run_log import NullLog, RunLog
 from debiaspl.engine.trainer import Trainer
 from debiaspl.errors import UserError
-from debiaspl.files import write_json
+from debiaspl.files import file_sha256, write_json
 from debiaspl.models.depthwise import Float32DepthwiseConv2d
 from debiaspl.run_folder import (CHECKPOINT_NAME, CONFIG_NAME, LABEL_FILE_COPY, RESULTS_NAME, RUN_INFO_NAME,
                                  RunFolderLock, load_run_checkpoint, refuse_symlinks, remove_stale_temporaries,
@@ -164,6 +164,7 @@ def _train_into(run_dir: Path, config: ExperimentConfig, until_step: int | None,
                                              # computed in fp32 under CPU autocast (models/depthwise.py)
                                              "fp32_depthwise_convs": sum(isinstance(module, Float32DepthwiseConv2d)
                                                                          for module in trainer.model.modules()),
+                                             "model_weights": weights_record(config, state, run_dir),
                                              "machine": machine_choices(config.train.precision,
                                                                         config.data.augment_on, device),
                                              "protocol": config.protocol,
@@ -223,6 +224,20 @@ def restore(trainer: Trainer, state: dict, checkpoint: Path) -> None:
     NonFiniteWatch.check_tensors(loaded, trainer.step, f"{checkpoint} holds it, so the run cannot resume from it; "
                                  f"{way_back(checkpoint)}")
     trainer.last_checkpoint_step = trainer.step
+
+
+def weights_record(config: ExperimentConfig, state: dict | None, run_dir: Path) -> dict | None:
+    """The file the run's weights started from (model.weights): absolute path, size and SHA-256, so a
+    result can be traced to it. A resume keeps what the start recorded, since the file may be gone."""
+    if not config.model.weights:
+        return None
+    if state is not None:
+        try:
+            return json.loads((run_dir / RUN_INFO_NAME).read_text()).get("model_weights")
+        except (OSError, ValueError):
+            return None
+    path = Path(config.model.weights).resolve()
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _silent(*args, **kwargs) -> None:
