@@ -6,6 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 import torch
 
 from debiaspl.config import save_config
@@ -98,6 +101,11 @@ def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_writes_no_resu
         train_run(config)
     assert (run_dir / CHECKPOINT_NAME).read_bytes() == saved
     assert not (run_dir / RESULTS_NAME).exists()
+    # TensorBoard's HParams tab lists the run as failed, not as 'Unknown'
+    ends = [hparams_metadata.parse_session_end_info_plugin_data(value.metadata.plugin_data.content)
+            for path in run_dir.glob("events.out.tfevents.*") for event in LegacyEventFileLoader(str(path)).Load()
+            for value in event.summary.value if value.tag == hparams_metadata.SESSION_END_INFO_TAG]
+    assert [end.status for end in ends] == [api_pb2.STATUS_FAILURE]
 
 
 @pytest.mark.parametrize("section", [{"optim": {"lr": 1e6}}, {"algorithm": {"unlabeled_weight": 1e30}}],

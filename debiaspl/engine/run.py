@@ -197,6 +197,9 @@ def _train_into(run_dir: Path, config: ExperimentConfig, until_step: int | None,
         if trainer.step >= config.train.steps:  # the HParams table's metrics: the last value of each eval/ scalar
             log.hparams_end(hparam_columns(config), [f"eval/{name}" for name, value in metrics.items()
                                                      if isinstance(value, (int, float))], varying, trainer.step)
+    except BaseException:
+        log.hparams_failed(trainer.step)
+        raise
     finally:
         log.close()
     results = {"step": trainer.step, "algorithm": config.algorithm.name, "run": str(run_dir),

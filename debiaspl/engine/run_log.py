@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
@@ -91,6 +92,16 @@ class RunLog:
         self.writer.file_writer.add_summary(experiment, step)
         self.writer.file_writer.add_summary(end, step)
 
+    def hparams_failed(self, step: int) -> None:
+        """End this run's session as failed (an error, a divergence, Ctrl-C), so the HParams tab shows
+        'Failure' rather than 'Unknown'; a run killed outright still shows 'Unknown'."""
+        _, _, end = hparams({"status": ""}, {})  # torch builds the summary, marked a success
+        plugin_data = end.value[0].metadata.plugin_data
+        content = HParamsPluginData.FromString(plugin_data.content)
+        content.session_end_info.status = api_pb2.STATUS_FAILURE
+        plugin_data.content = content.SerializeToString()
+        self.writer.file_writer.add_summary(end, step)
+
     def close(self) -> None:
         self.writer.close()
         self._metrics_file.close()
@@ -106,6 +117,7 @@ class NullLog:
     def custom_scalars(self, layout) -> None: ...
     def hparams_start(self, values) -> None: ...
     def hparams_end(self, columns, metric_tags, differs, step) -> None: ...
+    def hparams_failed(self, step) -> None: ...
     def close(self) -> None: ...
 
 
