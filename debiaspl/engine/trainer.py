@@ -26,6 +26,7 @@ from debiaspl.engine.checkpoint import capture_rng_state, restore_rng_state
 from debiaspl.engine.distributed import Distributed
 from debiaspl.engine.evaluate import evaluate_model, evaluate_pseudo_labels
 from debiaspl.engine.guard import NonFiniteWatch
+from debiaspl.engine.memory import freed_memory_returned
 from debiaspl.engine.monitor import PseudoLabelMonitor
 from debiaspl.engine.optim import build_optimizer, build_scheduler
 from debiaspl.engine.progress import Progress
@@ -161,11 +162,12 @@ class Trainer:
                     progress.log(self.step, scalars)
                     interval_start, steps_timed = time.perf_counter(), 0
             if self.dist.is_main and (self.step % cfg.eval.interval == 0 or is_last):
-                metrics = self.evaluate()
-                log.scalars(self.step, _eval_scalars(metrics, self.data.class_names))
-                progress.evaluation(self.step, metrics)
-                for hook in self.hooks:
-                    hook.on_evaluation(self.step, metrics)
+                with freed_memory_returned():
+                    metrics = self.evaluate()
+                    log.scalars(self.step, _eval_scalars(metrics, self.data.class_names))
+                    progress.evaluation(self.step, metrics)
+                    for hook in self.hooks:
+                        hook.on_evaluation(self.step, metrics)
             if not self.dist.is_main:
                 continue  # the other processes only train
             if cfg.logging.snapshot_interval and (self.step % cfg.logging.snapshot_interval == 0 or is_last):
@@ -177,8 +179,9 @@ class Trainer:
                                 snapshot_path(run_dir, self.step))
             if self.step % cfg.logging.checkpoint_interval == 0 or self.step == end_step:
                 if self.step == end_step:  # hooks write their final summaries into the last checkpoint's state
-                    for hook in self.hooks:
-                        hook.on_train_end(self.step)
+                    with freed_memory_returned():
+                        for hook in self.hooks:
+                            hook.on_train_end(self.step)
                 self._check_finite_state()
                 save_checkpoint(self.state_dict(), checkpoint_path, keep_previous=True)
                 self.last_checkpoint_step = self.step
