@@ -1,5 +1,6 @@
-"""Resident memory after each phase of a run's start, read from /proc/self/status (Linux): imports, data,
-trainer, one batch, one training step, one evaluation. VmHWM is the peak so far; RssAnon the process's own
+"""Resident memory after each phase of a run's start, read from /proc/self/status (Linux): importing torch,
+then debiaspl, the first torch optimizer (it imports torch._dynamo), data, trainer, one batch, one training
+step, one evaluation. VmHWM is the peak so far; RssAnon the process's own
 memory; RssFile the mapped files (libraries, the decoded cache's pages).
 
     python benchmarks/memory_phases.py experiments/cifar10lt_cpu_debiaspl.yaml data.dataset=imagefolder \
@@ -18,11 +19,15 @@ def report(phase: str) -> None:
 report("start")
 import torch  # noqa: E402
 
+report("torch")
 from debiaspl.config import load_experiment  # noqa: E402
 from debiaspl.data.prepare import prepare_data  # noqa: E402
 from debiaspl.engine.trainer import Trainer  # noqa: E402
 
 report("imports")
+print(f"{len(sys.modules)} modules imported", flush=True)
+torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # its first param group imports torch._dynamo
+report("optimizer")
 config = load_experiment(sys.argv[1], sys.argv[2:])
 data = prepare_data(config.data)
 report("data")
