@@ -15,6 +15,13 @@ when the peer folder is absent.
 
     python benchmarks/vs_usb.py --batch-sizes 16,64 --rounds 2 --json benchmarks/results/vs_usb_<machine>.json
 
+To measure what a CPU with fewer instructions gets, cap the instruction set of torch's kernels for
+both sides (and for the peak matmul) with the environment, e.g. AVX2 only, as on an AMD Zen 3:
+
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/vs_usb.py ...
+
+The JSON records those variables and the kernel level torch reports (`isa`).
+
 USB runs in its own virtual environment, made once by the peer's setup.sh in --scratch (2-3 minutes).
 Nothing of USB's code is imported here: it runs as a separate process and its timing is read from
 the SEC_PER_ITER line its harness prints.
@@ -38,6 +45,7 @@ from debiaspl.device import cpu_model_name
 
 REPO = Path(__file__).resolve().parent.parent
 PEER = REPO.parent / "shared" / "peers" / "usb"
+ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 JPEG_COPY = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 EXPERIMENT = REPO / "experiments" / "cifar10lt_protocol.yaml"
@@ -136,9 +144,12 @@ def main() -> None:
                   f"({images / measured['ours']['seconds_per_step']:.0f} images/s): {row['ratio']:.2f}x", flush=True)
 
     flops = training_flops_per_image()
+    isa = {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           **{name: os.environ[name] for name in ISA_VARIABLES if name in os.environ}}
     ours_bf16 = rows[0]["ours"]["bf16"]
     peaks = {dtype: max(samples) for dtype, samples in peak_samples.items()}
-    print(f"\n{cpu_model_name()}, {torch.get_num_threads()} torch threads; WRN-28-2 training step: "
+    print(f"\n{cpu_model_name()} (kernels: {', '.join(f'{k} {v}' for k, v in isa.items())}), "
+          f"{torch.get_num_threads()} torch threads; WRN-28-2 training step: "
           f"{flops / 1e9:.3f} GFLOP per image; matmul peak "
           + ", ".join(f"{name} {value / 1e9:.0f} GFLOP/s (best of "
                     + "/".join(f"{sample / 1e9:.0f}" for sample in peak_samples[name]) + ")"
@@ -155,7 +166,7 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"cpu": cpu_model_name(), "torch": torch.__version__,
-                                         "threads": torch.get_num_threads(), "flops_per_image": flops,
+                                         "threads": torch.get_num_threads(), "isa": isa, "flops_per_image": flops,
                                          "matmul_peak_flops": peaks,
                                          "matmul_peak_samples": peak_samples, "rows": rows}, indent=2) + "\n")
 

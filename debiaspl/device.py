@@ -59,20 +59,26 @@ def machine_choices(precision: str, augment_on: str, device: torch.device) -> di
     return {"cpu": cpu_model_name(), "torch_threads": torch.get_num_threads(),
             "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "cpu_bf16_instructions": [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags],
+            "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
             "bf16_autocast": use_bf16(precision, device),
             "augment_on_device": augments_on_device(augment_on, device)}
 
 
-def bf16_is_fast(device: torch.device, flags: frozenset[str] | None = None) -> bool:
+def bf16_is_fast(device: torch.device, flags: frozenset[str] | None = None, kernels: str | None = None) -> bool:
     """Whether bf16 autocast is the faster choice on this device (train.precision: auto).
 
     On CPUs, where measured (README, "Which precision `auto` picks"): with AMX tiles, and on AMD
     CPUs with AVX512-BF16 (an AMD EPYC, family 25 model 17: WRN-28-2's step 316-356 ms in bf16
     against 599-613 ms in fp32 at B = 16). Not on a Xeon with AVX512-BF16 but AMX switched off
     (715 ms in bf16 against 485-521 ms in fp32), nor where bf16 is only emulated on plain AVX-512
-    or AVX2, though torch's own check (mkldnn bf16 support) says yes there.
+    or AVX2, though torch's own check (mkldnn bf16 support) says yes there. `kernels` is the level
+    torch's CPU kernels run at (torch.backends.cpu.get_cpu_capability()): capped below AVX-512
+    (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA), the same EPYC took 9.3-10.2 s a bf16 step against
+    0.69-0.80 s in fp32, whatever the flags say.
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     flags = cpu_flags() if flags is None else flags  # /proc/cpuinfo's words: the vendor_id is one of them
-    return device.type == "cpu" and ("amx_bf16" in flags or ("AuthenticAMD" in flags and "avx512_bf16" in flags))
+    kernels = torch.backends.cpu.get_cpu_capability() if kernels is None else kernels
+    has_bf16_units = "amx_bf16" in flags or ("AuthenticAMD" in flags and "avx512_bf16" in flags)
+    return device.type == "cpu" and kernels.startswith("AVX512") and has_bf16_units

@@ -170,6 +170,9 @@ def test_precision_auto_takes_bf16_only_where_the_hardware_has_it():
     assert not bf16_is_fast(cpu, frozenset({"GenuineIntel", "avx512f", "avx512_bf16"}))  # measured slower without AMX
     assert bf16_is_fast(cpu, frozenset({"AuthenticAMD", "avx512f", "avx512_bf16"}))  # an EPYC: measured 1.7-2.3x faster
     assert not bf16_is_fast(cpu, frozenset({"AuthenticAMD", "avx2", "fma"}))  # Zen 3: no bf16 instructions
+    epyc = frozenset({"AuthenticAMD", "avx512f", "avx512_bf16"})
+    assert bf16_is_fast(cpu, epyc, kernels="AVX512")
+    assert not bf16_is_fast(cpu, epyc, kernels="AVX2")  # kernels capped to AVX2: bf16 emulated, 13x slower
     assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
 
 
