@@ -229,3 +229,38 @@ def test_mapped_and_streamed_images_index_like_a_tensor(tmp_path):
     in_memory = load_image_folder(str(root), options=FolderOptions(6, "memory")).train.images
     for key in (3, slice(2, 5), torch.tensor([4, 1]), (2, 1), (slice(0, 2), 0, 3)):
         assert torch.equal(streamed[key], in_memory[key]), key
+
+
+def _mapped_rss_kib(path) -> int:
+    """Resident kB of this process's maps of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line: range perms offset dev inode [path]
+            inside = len(fields) >= 6 and fields[-1] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc/self/smaps")
+def test_mapped_images_hand_their_pages_back_after_each_read(tmp_path):
+    """A pass over all rows keeps the map's resident pages to about one read's, and pickles by path."""
+    import pickle
+
+    from debiaspl.data.image_set import MappedImages
+
+    pixels = np.random.default_rng(0).integers(0, 256, (1024, 3, 32, 32), dtype=np.uint8)  # 3 MiB
+    path = tmp_path / "cache.npy"
+    np.save(path, pixels)
+    images = MappedImages.open(path).select(np.arange(1023, -1, -1))
+    for start in range(0, 1024, 64):
+        assert torch.equal(images[start:start + 64], torch.from_numpy(pixels[::-1][start:start + 64].copy()))
+    assert torch.equal(images[5], torch.from_numpy(pixels[1018]))
+    assert _mapped_rss_kib(path) <= 256  # one read is 192 KiB
+    kept = MappedImages(images.mapped, images.index)  # the same map without handing pages back
+    for start in range(0, 1024, 64):
+        kept[start:start + 64]
+    assert _mapped_rss_kib(path) >= 3000
+    again = pickle.loads(pickle.dumps(images))  # what a forkserver/spawn loader worker receives
+    assert again.pages is not images.pages and torch.equal(again[[0, 9]], images[[0, 9]])

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from debiaspl.data.image_folder import decode_into, stored_shape
-from debiaspl.data.image_set import MappedImages
+from debiaspl.data.image_set import MappedImages, map_npy, release_pages
 from debiaspl.errors import UserError
 
 CACHE_FORMAT = 1
@@ -58,14 +58,14 @@ def cached_images(root: Path, split: str, files: list[Path], ids: list[str], siz
     if not path.exists():
         _build(path, prefix, files, size, f"decoding {root / split} into {path.parent}")
     try:
-        array = np.load(path, mmap_mode="c")  # copy-on-write: writes stay in this process's memory
+        images = MappedImages.open(path)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the decoded cache {path} ({exc}); delete it and run again") from None
-    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[0] != len(files) or array.shape[1] != 3:
-        raise UserError(f"the decoded cache {path} holds {array.dtype} {list(array.shape)}, not the "
+    mapped = images.mapped
+    if mapped.dtype != torch.uint8 or mapped.ndim != 4 or mapped.shape[0] != len(files) or mapped.shape[1] != 3:
+        raise UserError(f"the decoded cache {path} holds {mapped.dtype} {list(mapped.shape)}, not the "
                         f"{len(files)} RGB images of {root / split}; delete it and run again")
-    mapped = torch.from_numpy(array)
-    return MappedImages(mapped, torch.arange(len(mapped)))
+    return images
 
 
 def _build(path: Path, prefix: str, files: list[Path], size: int, description: str) -> None:
@@ -74,12 +74,15 @@ def _build(path: Path, prefix: str, files: list[Path], size: int, description: s
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_abandoned(path.parent, prefix)
-        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
-        try:
-            decode_into(out, files, size, description)
-            out.flush()
-        finally:
-            del out
+        header = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)  # header and size
+        del header
+        out, pages = map_npy(temporary, writable=True)
+        # each chunk's written pages leave this process's RSS (the kernel writes them back): a
+        # 17 GB folder's first run would otherwise count its whole cache against a job's RSS limit
+        decode_into(out, files, size, description, after_chunk=lambda: release_pages(pages))
+        pages.flush()
+        del out
+        pages.close()
         os.replace(temporary, path)
     except OSError as exc:
         _discard(temporary)

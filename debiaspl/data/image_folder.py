@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -84,8 +84,10 @@ def decode_all(files: list[Path], size: int, description: str) -> torch.Tensor:
     return out
 
 
-def decode_into(out: np.ndarray, files: list[Path], size: int, description: str) -> None:
-    """Fill out [N, 3, H, W] uint8 (an array or a memory map) with the decoded `files`, chunk by chunk.
+def decode_into(out: np.ndarray, files: list[Path], size: int, description: str,
+                after_chunk: Callable[[], None] | None = None) -> None:
+    """Fill out [N, 3, H, W] uint8 (an array or a memory map) with the decoded `files`, chunk by chunk
+    (`after_chunk` is called after each chunk's writes).
 
     Images of another size than out's are refused naming both files (size 0 keeps the images' own
     size, so a folder of mixed sizes needs data.image_size).
@@ -109,6 +111,8 @@ def decode_into(out: np.ndarray, files: list[Path], size: int, description: str)
                                     f"data.image_size={min(expected)}) to resize and center-crop every image "
                                     f"to one square size")
                 out[start + offset] = image.transpose(2, 0, 1)
+            if after_chunk is not None:
+                after_chunk()
             progress.update(len(chunk))
 
 
