@@ -264,3 +264,27 @@ def test_mapped_images_hand_their_pages_back_after_each_read(tmp_path):
     assert _mapped_rss_kib(path) >= 3000
     again = pickle.loads(pickle.dumps(images))  # what a forkserver/spawn loader worker receives
     assert again.pages is not images.pages and torch.equal(again[[0, 9]], images[[0, 9]])
+
+
+def test_channel_statistics_of_a_cached_split_are_remembered(tmp_path):
+    from debiaspl.data import decoded_cache
+
+    root, cache = _write_folder(tmp_path / "photos"), tmp_path / "cache"
+    train = load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache))).train
+    sets, calls = [train.subset(np.array([0, 3, 5])), train.subset(np.array([7, 1]))], []
+
+    def measure(image_sets):
+        calls.append(len(image_sets))
+        return channel_stats(image_sets)
+
+    first = decoded_cache.remembered_channel_stats([s.images for s in sets], measure)
+    again = decoded_cache.remembered_channel_stats([s.images for s in sets], measure)
+    assert first == again == channel_stats([s.images for s in sets]) and calls == [2]  # measured once
+    other = decoded_cache.remembered_channel_stats([train.subset(np.array([2])).images], measure)
+    assert calls == [2, 1] and other == channel_stats([train.subset(np.array([2])).images])  # other rows, measured
+    memo = next(cache.glob("*.stats.json"))
+    memo.write_text("{not json")  # a damaged memo is measured and written anew
+    assert decoded_cache.remembered_channel_stats([s.images for s in sets], measure) == first and calls == [2, 1, 2]
+    in_memory = load_image_folder(str(root), options=FolderOptions(12, "memory")).train
+    decoded_cache.remembered_channel_stats([in_memory.images], measure)
+    assert calls == [2, 1, 2, 1]  # not rows of a cache: measured every time

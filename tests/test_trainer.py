@@ -198,3 +198,29 @@ def test_a_format_1_checkpoint_resumes_to_the_same_run(tiny):
     assert b["format"] == 2
     for key in ("model", "ema", "optimizer", "algorithm", "step"):
         assert_same_tensors(a[key], b[key], key)
+
+
+def test_pseudo_labels_can_be_measured_on_a_fixed_sample(tiny, monkeypatch):
+    from debiaspl.data.image_set import ImageSet
+    from debiaspl.engine.evaluate import pseudo_label_sample
+
+    unlabeled = ImageSet(torch.zeros(50, 1, 4, 4, dtype=torch.uint8), torch.arange(50), [str(i) for i in range(50)])
+    sample = pseudo_label_sample(unlabeled, 10)
+    assert torch.equal(sample.labels, pseudo_label_sample(unlabeled, 10).labels)  # the same at every evaluation
+    assert len(set(sample.labels.tolist())) == 10 and sample.labels.tolist() == sorted(sample.labels.tolist())
+    assert sample.sample_ids == [str(i) for i in sample.labels.tolist()]
+    assert pseudo_label_sample(unlabeled, 0) is unlabeled and pseudo_label_sample(unlabeled, 50) is unlabeled
+    from debiaspl.engine import trainer
+
+    measured = []
+
+    def recording(model, images, *args):
+        measured.append(images.sample_ids)
+        return evaluate_pseudo_labels(model, images, *args)
+
+    evaluate_pseudo_labels = trainer.evaluate_pseudo_labels
+    monkeypatch.setattr(trainer, "evaluate_pseudo_labels", recording)
+    train_run(tiny(eval={"interval": 3, "pseudo_label_images": 16}))
+    assert len(measured) == 2 and measured[0] == measured[1] and len(measured[0]) == 16
+    train_run(tiny(eval={"interval": 3}, logging={"run_name": "all"}))
+    assert len(measured[2]) > 16  # the default: the whole unlabeled set

@@ -135,6 +135,7 @@ class EvalConfig:
     interval: int = option(1024, "evaluate on the test set every this many steps (and at the end)", ge=1)
     batch_size: int = option(256, "test batch size", ge=1, execution=True)
     use_ema: bool = option(True, "evaluate the EMA model (FixMatch) rather than the raw weights")
+    pseudo_label_images: int = option(0, "measure the pseudo-labels (eval/pseudo_*) on at most this many unlabeled images, a fixed random sample, the same at every evaluation; 0: all of them (a forward pass over the whole unlabeled set at every evaluation, which at ImageNet-LT's size costs more than the training steps between)", ge=0, execution=True)
 
 
 @dataclass(frozen=True)

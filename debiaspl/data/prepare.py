@@ -16,6 +16,7 @@ import torch
 from debiaspl.config import DataConfig
 from debiaspl.data.augment import StrongAugment
 from debiaspl.data.datasets import FolderOptions, ImageSet, load_source
+from debiaspl.data.decoded_cache import remembered_channel_stats
 from debiaspl.data.long_tail import long_tail_counts, split_labeled_unlabeled
 from debiaspl.data.teacher import TeacherPredictions, read_teacher_logits
 from debiaspl.errors import UserError
@@ -201,7 +202,7 @@ def normalization_stats(name: str, sets: list[ImageSet]) -> tuple[tuple[float, .
     """(mean, std) per channel for data.normalization `name`; "data" measures them on the images of `sets`."""
     channels = sets[0].images.shape[1]
     if name == "data":
-        return channel_stats([s.images for s in sets])
+        return remembered_channel_stats([s.images for s in sets], channel_stats)
     mean, std = NORMALIZATIONS[name]
     if channels != len(mean):
         if name != "minus_one_one":

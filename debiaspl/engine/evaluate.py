@@ -18,9 +18,18 @@ def evaluate_model(model: nn.Module, test: ImageSet, labeled_counts: list[int], 
     return classification_metrics(logits, test.labels, labeled_counts)
 
 
+def pseudo_label_sample(unlabeled: ImageSet, limit: int) -> ImageSet:
+    """The unlabeled images whose pseudo-labels evaluations measure: all (limit 0), or a fixed random
+    `limit` of them in their original order (eval.pseudo_label_images), the same in every run."""
+    if not 0 < limit < len(unlabeled.labels):
+        return unlabeled
+    order = torch.randperm(len(unlabeled.labels), generator=torch.Generator().manual_seed(0))
+    return unlabeled.subset(order[:limit].sort().values.numpy())
+
+
 def evaluate_pseudo_labels(model: nn.Module, unlabeled: ImageSet, algorithm: Algorithm, state: AlgorithmState,
                            mean: torch.Tensor, std: torch.Tensor, batch_size: int, device: torch.device) -> dict:
-    """The algorithm's pseudo-labels of the whole (un-augmented) unlabeled set against its hidden labels.
+    """The algorithm's pseudo-labels of the (un-augmented) unlabeled set, or a sample of it, against its hidden labels.
 
     `state` (on the CPU) is the algorithm's as training left it. Returns pseudo_acc, pseudo_balanced_acc,
     pseudo_mask_rate, pseudo_acc_masked (accuracy among the confident ones) and pseudo_kl_to_true: KL(pseudo-label class

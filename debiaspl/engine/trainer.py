@@ -24,7 +24,7 @@ from debiaspl.data.prepare import TrainingData, strong_augmentation
 from debiaspl.device import augments_on_device, use_bf16
 from debiaspl.engine.checkpoint import capture_rng_state, restore_rng_state
 from debiaspl.engine.distributed import Distributed
-from debiaspl.engine.evaluate import evaluate_model, evaluate_pseudo_labels
+from debiaspl.engine.evaluate import evaluate_model, evaluate_pseudo_labels, pseudo_label_sample
 from debiaspl.engine.guard import NonFiniteWatch
 from debiaspl.engine.memory import freed_memory_returned
 from debiaspl.engine.monitor import PseudoLabelMonitor
@@ -107,6 +107,7 @@ class Trainer:
         self.algorithm_state = self.algorithm.initial_state(data.num_classes, len(data.unlabeled.labels), device)
         self.monitor = PseudoLabelMonitor(device)
         self.watch = NonFiniteWatch(device)
+        self.pseudo_label_eval_set = pseudo_label_sample(data.unlabeled, config.eval.pseudo_label_images)
         self.last_checkpoint_step: int | None = None  # of the newest checkpoint this run folder holds
         # Hooks run where the files are written; every process takes part in gathering their records.
         self.hooks = [HOOKS[hook.name](hook.options) for hook in config.hooks] if self.dist.is_main else []
@@ -273,7 +274,7 @@ class Trainer:
         model = self.ema.module if cfg.eval.use_ema else self.model
         metrics = evaluate_model(model, self.data.test, self.data.labeled_counts, self.mean, self.std,
                                  cfg.eval.batch_size, self.device)
-        metrics.update(evaluate_pseudo_labels(model, self.data.unlabeled, self.algorithm,
+        metrics.update(evaluate_pseudo_labels(model, self.pseudo_label_eval_set, self.algorithm,
                                               state_on(self.algorithm_state, "cpu"), self.mean, self.std,
                                               cfg.eval.batch_size, self.device))
         return metrics
