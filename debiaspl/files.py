@@ -11,15 +11,26 @@ import io
 import json
 import math
 import os
+import threading
 from pathlib import Path
 
 
 def write_text(path: Path, text: str | bytes) -> None:
-    """Atomically (temporary file + rename); makes the folder."""
+    """Atomically (temporary file + rename); makes the folder.
+
+    A reader never sees a half-written file. The temporary name is unique per process and thread, and
+    is opened with plain `open` (not tempfile.mkstemp, which would make the file private to its owner)
+    so the umask applies; a failed write leaves the old file and no temporary.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(text) if isinstance(text, bytes) else tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_bytes(text) if isinstance(text, bytes) else tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, payload: dict) -> None:

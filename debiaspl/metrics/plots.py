@@ -6,14 +6,15 @@ Figures are built with matplotlib.figure.Figure directly, never through pyplot, 
 pyplot's global list of open figures; each function returns the Figure for the caller to save.
 """
 
-import os
+import io
 import sys
 import textwrap
-import threading
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from debiaspl.files import write_text
 from debiaspl.metrics.cartography import AMBIGUOUS_VARIABILITY, EASY_CONFIDENCE, REGIONS, region_of
 from debiaspl.metrics.uncertainty import expected_calibration_error
 
@@ -351,25 +352,16 @@ def learning_curves_figure(panels: dict[str, list[tuple[str, list, list, list]]]
     return figure
 
 
-def save_figure(figure, path) -> None:
-    """Write `figure` as a PNG (dpi 100) to `path` atomically, creating its folder.
+def figure_png(figure) -> bytes:
+    """`figure` rendered once as PNG bytes (dpi 100): the run folder's file and TensorBoard's image are these."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
 
-    The image goes to a temporary file in the same folder first, then os.replace: a reader never sees a
-    half-written PNG. The temporary name is unique per process and thread; it is opened with plain `open`
-    (not tempfile.mkstemp, which would make the final PNG private to its owner) so the umask applies.
-    """
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            figure.savefig(file, format="png", dpi=100)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+
+def save_figure(figure, path) -> None:
+    """Write `figure` as a PNG (dpi 100) to `path` atomically, creating its folder."""
+    write_text(Path(path), figure_png(figure))
 
 
 def uncertainty_view_figure(curves: dict[str, tuple[list[float], list[float]]], entropies: dict[str, object],
