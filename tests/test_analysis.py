@@ -392,6 +392,30 @@ def test_save_figure_failure_leaves_old_file_and_no_temporary(tmp_path):
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["map.png"]
 
 
+def test_write_text_failure_leaves_old_file_and_no_temporary(tmp_path):
+    from debiaspl.files import write_text
+    path = tmp_path / "notes.txt"
+    path.write_text("old")
+    with pytest.raises(UnicodeEncodeError):
+        write_text(path, "half \ud800")  # the temporary is opened and partly written before this fails
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_logged_figure_is_the_png_file_byte_for_byte_in_tensorboard(tmp_path):
+    import io
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from debiaspl.engine.run_log import RunLog
+    log = RunLog(tmp_path, resume_step=0)
+    log.figure("maps/data_map", data_map_figure([0.5, 0.9], [0.1, 0.3], [1.0, 0.0], "two points"), 7,
+               tmp_path / "figures" / "data_map.png")
+    log.close()
+    (image,) = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload().Images("maps/data_map")
+    png = (tmp_path / "figures" / "data_map.png").read_bytes()
+    assert image.step == 7 and image.encoded_image_string == png
+    assert (image.width, image.height) == Image.open(io.BytesIO(png)).size
+
+
 def test_figures_leave_no_pyplot_figure_open(tmp_path):
     import matplotlib.pyplot as plt
     before = plt.get_fignums()

@@ -17,7 +17,7 @@ NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse"
 
 def assert_no_text_clipped(figure):
     """Everything drawn (titles, labels, tick labels, legends, colour bars) lies inside the image, on the Agg
-    canvas that save_figure and TensorBoard's add_figure draw on."""
+    canvas that figure_png draws on for the PNG file and TensorBoard alike."""
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     drawn, image = figure.get_tightbbox(canvas.get_renderer()), figure.bbox_inches  # inches
