@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from debiaspl.cli import main
 from debiaspl.config import save_config
 from debiaspl.engine.run import run_folder
 from debiaspl.run_folder import load_checkpoint
@@ -46,9 +47,7 @@ def test_two_processes_match_one(tmp_path, augment_on, algorithm):
         configs[name] = from_dict({**to_dict(config), "hooks": [{"name": "drift", "interval": 2},
                                                                 {"name": "uncertainty", "interval": 2}]})
         save_config(configs[name], tmp_path / f"{name}.yaml")
-    one = subprocess.run([sys.executable, "-m", "debiaspl", "train", str(tmp_path / "one.yaml")],
-                         capture_output=True, text=True)
-    assert one.returncode == 0, one.stderr
+    assert main(["train", str(tmp_path / "one.yaml")]) == 0  # the reference: one process, this one
     for until in (["--until-step", "2"], []):  # paused and resumed on 2 processes
         # a fresh free port each launch: a fixed one may still be held by the previous launch
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",

@@ -10,9 +10,9 @@ from debiaspl.run_folder import load_checkpoint
 from debiaspl.engine.run import run_folder, train_run
 from debiaspl.hooks import CartographyHook, DriftHook, RunContext, StepRecord, UncertaintyHook
 
-ALL_HOOKS = [{"name": "drift", "interval": 4, "figure_interval": 8},
-             {"name": "cartography", "figure_interval": 8, "export_allenai": True},
-             {"name": "uncertainty", "interval": 4, "figure_interval": 8},
+ALL_HOOKS = [{"name": "drift", "interval": 4, "figure_interval": 13},
+             {"name": "cartography", "figure_interval": 13, "export_allenai": True},
+             {"name": "uncertainty", "interval": 4, "figure_interval": 13},
              {"name": "influence", "write_interval": 8}]
 # 26 steps of the tiny config cover two epochs of its labeled (96, B = 8) and unlabeled (199, 16) sets
 LONGER = {"train": {"steps": 26}, "eval": {"interval": 13}, "logging": {"checkpoint_interval": 13}}

@@ -288,3 +288,25 @@ def test_channel_statistics_of_a_cached_split_are_remembered(tmp_path):
     in_memory = load_image_folder(str(root), options=FolderOptions(12, "memory")).train
     decoded_cache.remembered_channel_stats([in_memory.images], measure)
     assert calls == [2, 1, 2, 1]  # not rows of a cache: measured every time
+
+
+def test_only_images_large_enough_to_gain_are_decoded_on_threads_and_both_keep_the_order(tmp_path, monkeypatch):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    def jpegs(side, count):
+        paths = [tmp_path / f"{side}_{i}.jpg" for i in range(count)]
+        for path in paths:
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path, quality=90)
+        return paths
+    small, large = jpegs(32, 3), jpegs(128, 5)
+    monkeypatch.setattr(image_folder.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert image_folder.decoding_map(small) is map  # threads only fight over the GIL for 32 px
+    assert image_folder.decoding_map(large) == image_folder._thread_pool().map
+    assert image_folder.decoding_map(large[:1]) is map
+    out = np.empty((len(large), 3, 128, 128), np.uint8)
+    image_folder.decode_into(out, large, 0, "large")  # on the threads, rows in the files' order
+    for row, path in zip(out, large):
+        assert np.array_equal(row, image_folder.decode_image(path, "RGB").transpose(2, 0, 1))
+    monkeypatch.setattr(image_folder.os, "sched_getaffinity", lambda pid: {0})
+    assert image_folder.decoding_map(large) is map  # one core: no threads at all

@@ -99,12 +99,12 @@ def decode_into(out: np.ndarray, files: list[Path], size: int, description: str,
 
     if len(files) >= 2000:  # a cluster job's log shows this line even without a progress bar
         print(f"{description}: {len(files)} images, once", file=sys.stderr, flush=True)
-    # Pillow's decoders release the GIL, so threads give a real speed-up here.
-    with quiet_bomb_warnings(), ThreadPoolExecutor(max_workers=4) as pool, \
+    mapped = decoding_map(files)
+    with quiet_bomb_warnings(), \
             tqdm(total=len(files), desc=description, unit="img", disable=None, leave=False) as progress:
         for start in range(0, len(files), _DECODE_CHUNK):
             chunk = files[start:start + _DECODE_CHUNK]
-            for offset, (path, image) in enumerate(zip(chunk, pool.map(decode, chunk))):
+            for offset, (path, image) in enumerate(zip(chunk, mapped(decode, chunk))):
                 if image.shape[:2] != expected:
                     raise UserError(f"{path} is {image.shape[1]} x {image.shape[0]} pixels but {files[0]} is "
                                     f"{expected[1]} x {expected[0]}: set data.image_size (e.g. "
@@ -142,9 +142,32 @@ class FolderImages:
         chosen = [Path(self.files[i]) for i in positions]
         out = np.empty((len(chosen), 3, self.size, self.size), dtype=np.uint8)
         with quiet_bomb_warnings():
-            for index, image in enumerate(_thread_pool().map(lambda p: decode_image(p, "RGB", self.size), chosen)):
+            for index, image in enumerate(decoding_map(chosen)(lambda p: decode_image(p, "RGB", self.size), chosen)):
                 out[index] = image.transpose(2, 0, 1)
         return torch.from_numpy(out)
+
+
+# Pillow releases the GIL while it decodes pixels, not while it opens a file and converts the result.
+# For small images that Python share dominates and threads only contend for the GIL. On 2 cores (a
+# Xeon, 2026-12-03; benchmarks/decode_threads.py, benchmarks/results/decode_threads_xeon.json, medians
+# of 3 rounds) 2 threads decoded the CIFAR-10 JPEGs 0.58x as fast as one thread, 64 px JPEGs 0.77x,
+# 96 px 0.71x, 128 px 1.30x, 192 px 1.50x and 500 x 375 photos 1.09x (to 32 px) to 1.71x (to 224 px).
+_THREADED_DECODE_PIXELS = 128 * 128
+
+
+def decoding_map(files: list[Path]) -> Callable:
+    """`map` for decoding these files in order: the process's threads when its first image is large
+    enough to gain from them and there is more than one core, else the builtin."""
+    from PIL import Image
+
+    if len(files) < 2 or len(os.sched_getaffinity(0)) < 2:
+        return map
+    try:
+        with quiet_bomb_warnings(), Image.open(files[0]) as image:  # the header only
+            large = image.width * image.height >= _THREADED_DECODE_PIXELS
+    except (*_DECODE_ERRORS, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return map  # decode_image names the file
+    return _thread_pool().map if large else map
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
