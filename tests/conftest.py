@@ -1,8 +1,11 @@
 """Shared fixtures: tiny configs on the bundled digits (no download, seconds on a CPU)."""
 
 import dataclasses
+import io
 import os
+import subprocess
 import tempfile
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,26 @@ def assert_same_step_output(a, b) -> None:
             assert x.keys() == y.keys() and all(torch.equal(x[key], y[key]) for key in x), "state"
         else:
             assert torch.equal(x, y), field.name
+
+
+def run_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`debiaspl ARGS` run by its main() in this process, with what it prints to stdout and stderr.
+
+    An interpreter start with torch's import costs about 3 s, most of a refused command's time, so
+    tests of what a command says run here; the tests of the `python -m debiaspl` entry itself, of
+    torchrun and of kills keep real processes. A traceback here fails the test as it would there.
+    """
+    from debiaspl.cli import main
+
+    out, err, before = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main([str(arg) for arg in args])
+            except SystemExit as exc:  # argparse's usage errors exit from inside main()
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(["debiaspl", *map(str, args)], code, out.getvalue(), err.getvalue())

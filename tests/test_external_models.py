@@ -5,7 +5,6 @@ import csv
 import hashlib
 import json
 import logging
-import subprocess
 import sys
 
 import pytest
@@ -14,6 +13,7 @@ import yaml
 from torch import nn
 from torchvision import models
 
+from conftest import run_cli as debiaspl
 from debiaspl.analysis.evaluate_run import evaluate_run
 from debiaspl.analysis.load_run import load_run
 from debiaspl.config import ConfigError, from_dict, load_experiment, to_dict
@@ -220,10 +220,6 @@ def test_timm_networks_and_their_weights(tmp_path):
 
 
 # ---- a run from YAML: train, then eval and influence without the weights file ------------------
-
-
-def debiaspl(*args):
-    return subprocess.run([sys.executable, "-m", "debiaspl", *map(str, args)], capture_output=True, text=True)
 
 
 def test_a_run_from_imagenet_weights_trains_evaluates_and_traces(tiny, tmp_path, caplog):

@@ -3,8 +3,6 @@ exit status 2, and nothing written."""
 
 import io
 import struct
-import subprocess
-import sys
 import warnings
 import zlib
 
@@ -12,14 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli as debiaspl
 from debiaspl.config import save_config
 from debiaspl.data.datasets import load_image_folder
 from debiaspl.engine.run import run_folder, train_run
 from debiaspl.errors import UserError
-
-
-def debiaspl(*args):
-    return subprocess.run([sys.executable, "-m", "debiaspl", *map(str, args)], capture_output=True, text=True)
 
 
 def assert_one_line_error(proc, *fragments):

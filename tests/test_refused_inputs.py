@@ -3,19 +3,14 @@ stderr naming the key, file or value, exit status 2, and nothing written."""
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import tiny_config
+from conftest import run_cli as debiaspl, tiny_config
 from debiaspl.config import ConfigError, from_dict, load_experiment, save_config, to_dict
 from debiaspl.config.schema import MAX_SEED
-
-
-def debiaspl(*args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "debiaspl", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:

@@ -3,12 +3,11 @@
 import csv
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cli as debiaspl
 from debiaspl.analysis.report import (at_best_top1, find_run_folders, group_rows, load_run_record, mean_and_std, median_of_last,
                                       read_evaluations, write_report)
 from debiaspl.engine.run import run_state
@@ -24,10 +23,6 @@ algorithm: {marginal_momentum: 0.9, fixmatch: {threshold: 0.5}}
 eval: {interval: 2, batch_size: 128}
 logging: {run_dir: RUN_DIR, log_interval: 2, checkpoint_interval: 2, progress_bar: false}
 """
-
-
-def debiaspl(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "debiaspl", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
 @pytest.fixture

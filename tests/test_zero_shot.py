@@ -1,13 +1,12 @@
 """Zero-shot DebiasPL over precomputed logits: the pure stream and the `debiaspl debias-logits` verb."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli as debiaspl
 from debiaspl.algorithm import debias_logit_stream, debias_logits, uniform_class_marginal, update_class_marginal
 
 
@@ -72,10 +71,6 @@ def test_debiasing_removes_a_constructed_class_bias():
     assert (share_after - 0.2).abs().max() < (share_before - 0.2).abs().max() / 2
     assert (result.labels == labels).float().mean() > (before == labels).float().mean() + 0.03
     assert result.class_marginal[0] > result.class_marginal[4]  # q_hat learnt the model's bias
-
-
-def debiaspl(*args):
-    return subprocess.run([sys.executable, "-m", "debiaspl", *map(str, args)], capture_output=True, text=True)
 
 
 def test_debias_logits_verb_writes_labels_and_reports_before_and_after(tmp_path):
