@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from debiaspl.data.image_folder import _thread_pool, class_folders, decode_image, decoding_map, list_images
+from debiaspl.data.image_folder import _thread_pool, class_folders, decode_image, decoding_map, list_images, usable_cores
 from debiaspl.device import cpu_model_name
 
 
@@ -73,7 +72,7 @@ def main() -> None:
             picked = "threads" if decoding_map(files) is not map else "one thread"
             print(f"{name:>18}  median {statistics.median(ratios):.2f}; decoding_map picks: {picked}")
             rows.append({"images": name, "threads_over_one": ratios, "picked": picked})
-    result = {"cpu": cpu_model_name(), "cores": len(os.sched_getaffinity(0)),
+    result = {"cpu": cpu_model_name(), "cores": usable_cores(),
               "decoding_threads": _thread_pool()._max_workers, "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")

@@ -1,5 +1,6 @@
 """Image folders of mixed sizes: image_size, the decoded cache, the streaming path, statistics, crops."""
 
+import errno
 import os
 
 import numpy as np
@@ -125,10 +126,78 @@ def test_an_abandoned_partial_file_of_a_dead_process_is_removed(tmp_path):
     root, cache = _write_folder(tmp_path / "photos"), tmp_path / "cache"
     cache.mkdir()
     import socket
-    dead = cache / f"photos-train-12-{'0' * 32}.partial-{socket.gethostname()}-999999999.npy"
+    from debiaspl.data.decoded_cache import cache_prefix
+    dead = cache / f"{cache_prefix(root, 'train', 12)}-{'0' * 32}.partial-{socket.gethostname()}-999999999.npy"
     dead.write_bytes(b"half")
     load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
     assert not dead.exists()
+
+
+def test_folders_of_the_same_name_keep_their_own_caches(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    roots = [_write_folder(tmp_path / "a" / "photos"), _write_folder(tmp_path / "b" / "photos", per_class=5)]
+    for root in roots:
+        load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+    assert len(list(cache.iterdir())) == 4  # train and test of each, none removed as the other's stale file
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although its cache is there")
+    monkeypatch.setattr(image_folder, "decode_image", no_decoding)
+    for root, per_class in zip(roots, (4, 5)):
+        assert load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache))).train.images.shape[0] == 3 * per_class
+
+
+def test_a_full_disk_is_found_before_the_decode_not_by_a_write_through_the_map(tmp_path, monkeypatch):
+    from debiaspl.data import decoded_cache
+    root, cache = _write_folder(tmp_path / "photos"), tmp_path / "cache"
+    reserved = []
+    real_decode = decoded_cache.decode_into
+
+    def decode_checking_blocks(out, files, size, description, after_chunk=None):
+        partial = next(cache.glob("*.partial-*.npy"))
+        reserved.append(partial.stat().st_blocks * 512 >= partial.stat().st_size)
+        return real_decode(out, files, size, description, after_chunk)
+    monkeypatch.setattr(decoded_cache, "decode_into", decode_checking_blocks)
+    load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+    assert reserved == [True, True]  # every block on the disk before the first pixel
+
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(decoded_cache.os, "posix_fallocate", no_room)
+    with pytest.raises(UserError, match=r"cannot write the decoded cache .*No space left on device.*needs 0 MiB free"):
+        load_image_folder(str(root), options=FolderOptions(10, "cache", str(cache)))
+    assert not list(cache.glob("*.partial-*"))
+
+
+FULL_DISK_BUILD = """
+import sys
+from debiaspl.data.datasets import FolderOptions, load_image_folder
+from debiaspl.errors import UserError
+try:
+    load_image_folder(sys.argv[1], options=FolderOptions(128, "cache", sys.argv[2]))
+except UserError as exc:
+    print(exc)
+"""
+
+
+def test_a_cache_larger_than_the_free_space_is_one_line_not_a_bus_error(tmp_path):
+    # a real full disk: a 900 KiB tmpfs in a private mount namespace (root and unshare needed)
+    import shutil
+    import subprocess
+    import sys
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) to mount a small tmpfs")
+    root = _write_folder(tmp_path / "photos", sizes=((128, 128),), per_class=7)  # train: 21 x 48 KiB
+    small = tmp_path / "small"
+    small.mkdir()
+    script = (f"mount -t tmpfs -o size=900k tmpfs {small} || exit 77; "
+              f"{sys.executable} -c '{FULL_DISK_BUILD}' {root} {small}/cache; echo exit $?; ls {small}/cache")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
+    if proc.returncode == 77 or "unshare failed" in proc.stderr:
+        pytest.skip(f"no private tmpfs here: {proc.stderr.strip()[:200]}")
+    out = proc.stdout.splitlines()
+    assert out[:2] and "No space left on device" in out[0] and "data.cache_dir" in out[0] and out[1] == "exit 0", proc
+    assert out[2:] == [], out  # no temporary left in the full folder
 
 
 def test_an_unwritable_cache_folder_is_one_line_naming_it(tmp_path):
@@ -300,7 +369,7 @@ def test_only_images_large_enough_to_gain_are_decoded_on_threads_and_both_keep_t
             Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path, quality=90)
         return paths
     small, large = jpegs(32, 3), jpegs(128, 5)
-    monkeypatch.setattr(image_folder.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(image_folder, "usable_cores", lambda: 2)
     assert image_folder.decoding_map(small) is map  # threads only fight over the GIL for 32 px
     assert image_folder.decoding_map(large) == image_folder._thread_pool().map
     assert image_folder.decoding_map(large[:1]) is map
@@ -308,5 +377,36 @@ def test_only_images_large_enough_to_gain_are_decoded_on_threads_and_both_keep_t
     image_folder.decode_into(out, large, 0, "large")  # on the threads, rows in the files' order
     for row, path in zip(out, large):
         assert np.array_equal(row, image_folder.decode_image(path, "RGB").transpose(2, 0, 1))
-    monkeypatch.setattr(image_folder.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(image_folder, "usable_cores", lambda: 1)
     assert image_folder.decoding_map(large) is map  # one core: no threads at all
+
+
+def test_usable_cores_without_an_affinity_call(monkeypatch):
+    monkeypatch.delattr(image_folder.os, "sched_getaffinity")  # macOS and Windows have none
+    assert image_folder.usable_cores() == (os.cpu_count() or 1)
+
+
+def test_sixteen_bit_gray_is_scaled_to_eight_bits_and_float_pixels_are_refused(tmp_path):
+    from PIL import Image
+
+    ramp = np.arange(0, 65536, 4369, dtype=np.uint16).reshape(2, 8)  # 0 .. 65535 in 16 steps
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    decoded = image_folder.decode_image(tmp_path / "deep.png", "RGB")
+    assert decoded[..., 0].tolist() == (ramp.astype(np.int64) * 255 // 65535).tolist()  # not clipped to white
+    assert (decoded[..., 0] == decoded[..., 2]).all() and decoded[0, 0, 0] == 0 and decoded[1, 7, 0] == 255
+    Image.fromarray(np.ones((4, 4), np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(UserError, match=r"float\.tif has floating-point pixels"):
+        image_folder.decode_image(tmp_path / "float.tif", "RGB")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+def test_a_failed_build_does_not_keep_its_deleted_file_mapped_while_the_error_lives(tmp_path):
+    from PIL import Image
+    root, cache = _write_folder(tmp_path / "photos", sizes=((16, 16),)), tmp_path / "cache"
+    Image.fromarray(np.zeros((9, 16, 3), np.uint8)).save(root / "train" / "cat" / "3.png")  # another size
+    with pytest.raises(UserError, match="is 16 x 9 pixels") as info:
+        load_image_folder(str(root), options=FolderOptions(0, "cache", str(cache)))
+    assert info.value.__traceback__ is not None  # kept, as a notebook keeps its last error
+    with open("/proc/self/maps") as maps:
+        assert [line for line in maps if str(cache) in line] == []  # no map of the (deleted) temporary

@@ -50,11 +50,22 @@ def cache_key(files: list[Path], ids: list[str], size: int) -> str:
     return digest.hexdigest()
 
 
+def cache_prefix(root: Path, split: str, size: int) -> str:
+    """The part of a cache file's name that its later versions share: folder, split and S.
+
+    The folder's own path is in it (as a digest), so the stale-file cleanup after a build removes
+    only this folder's older caches, not those of another folder with the same name (/a/data and
+    /b/data); a folder that moves decodes again.
+    """
+    folder_digest = hashlib.blake2b(str(root.resolve()).encode(), digest_size=4).hexdigest()
+    return f"{_slug(root)}-{folder_digest}-{split}-{size or 'native'}"
+
+
 def cached_images(root: Path, split: str, files: list[Path], ids: list[str], size: int,
                   cache_dir: str = "") -> MappedImages:
     """The split's images [N, 3, H, W] uint8, memory-mapped from the cache (decoded into it first if needed)."""
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    prefix = f"{_slug(root)}-{split}-{size or 'native'}"
+    prefix = cache_prefix(root, split, size)
     path = folder / f"{prefix}-{cache_key(files, ids, size)}.npy"
     if not path.exists():
         _build(path, prefix, files, size, f"decoding {root / split} into {path.parent}")
@@ -116,13 +127,8 @@ def _build(path: Path, prefix: str, files: list[Path], size: int, description: s
         _remove_abandoned(path.parent, prefix)
         header = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)  # header and size
         del header
-        out, pages = map_npy(temporary, writable=True)
-        # each chunk's written pages leave this process's RSS (the kernel writes them back): a
-        # 17 GB folder's first run would otherwise count its whole cache against a job's RSS limit
-        decode_into(out, files, size, description, after_chunk=lambda: release_pages(pages))
-        pages.flush()
-        del out
-        pages.close()
+        _reserve_blocks(temporary)
+        _decode_into_file(temporary, files, size, description)
         os.replace(temporary, path)
     except OSError as exc:
         _discard(temporary)
@@ -138,6 +144,40 @@ def _build(path: Path, prefix: str, files: list[Path], size: int, description: s
         if stale != path and ".partial-" not in stale.name:
             stale.unlink(missing_ok=True)  # a job still mapping it keeps its pages until it exits
             _stats_path(stale).unlink(missing_ok=True)
+
+
+def _decode_into_file(temporary: Path, files: list[Path], size: int, description: str) -> None:
+    out, pages = map_npy(temporary, writable=True)
+    try:
+        # each chunk's written pages leave this process's RSS (the kernel writes them back): a
+        # 17 GB folder's first run would otherwise count its whole cache against a job's RSS limit
+        decode_into(out, files, size, description, after_chunk=lambda: release_pages(pages))
+        pages.flush()
+    except (UserError, KeyboardInterrupt) as exc:
+        # The traceback's frames hold `out`, so the map of the whole reserved file (which the caller
+        # deletes) would live as long as the error: a notebook keeping its last error would keep the
+        # disk space. These errors say what they need in their message; the frames go.
+        raise exc.with_traceback(None)
+    finally:
+        del out
+        try:
+            pages.close()
+        except BufferError:  # another error's frames still hold the array: it goes with them
+            pass
+
+
+def _reserve_blocks(path: Path) -> None:
+    """Allocate the (sparse) file's disk blocks before any pixel is written. Written through a memory
+    map, a page the disk has no room for kills the process with SIGBUS mid-decode, leaving the
+    temporary behind; reserved here, a full disk is ENOSPC, a one-line error naming the file."""
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows
+        return
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a file system without it
+                raise
 
 
 def _discard(temporary: Path) -> None:
@@ -167,5 +207,5 @@ def _alive(pid: int) -> bool:
 
 
 def _slug(root: Path) -> str:
-    """A readable file-name part for the folder (the key, not this, tells folders apart)."""
+    """A readable file-name part for the folder (the digest of its path beside it tells folders apart)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", root.resolve().name or "root")[:60]

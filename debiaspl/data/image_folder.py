@@ -160,7 +160,7 @@ def decoding_map(files: list[Path]) -> Callable:
     enough to gain from them and there is more than one core, else the builtin."""
     from PIL import Image
 
-    if len(files) < 2 or len(os.sched_getaffinity(0)) < 2:
+    if len(files) < 2 or usable_cores() < 2:
         return map
     try:
         with quiet_bomb_warnings(), Image.open(files[0]) as image:  # the header only
@@ -168,6 +168,13 @@ def decoding_map(files: list[Path]) -> Callable:
     except (*_DECODE_ERRORS, Image.DecompressionBombError, Image.DecompressionBombWarning):
         return map  # decode_image names the file
     return _thread_pool().map if large else map
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS has one: Linux), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -178,7 +185,7 @@ def _thread_pool() -> ThreadPoolExecutor:
     pid = os.getpid()
     if pid not in _POOLS:
         _POOLS.clear()
-        _POOLS[pid] = ThreadPoolExecutor(max_workers=max(1, min(4, len(os.sched_getaffinity(0)))))
+        _POOLS[pid] = ThreadPoolExecutor(max_workers=max(1, min(4, usable_cores())))
     return _POOLS[pid]
 
 
@@ -210,7 +217,7 @@ def decode_image(path: Path, mode: str, size: int = 0) -> np.ndarray:
                                 f"PIL.Image.MAX_IMAGE_PIXELS = {limit}; remove it or shrink it")
             if size and min(image.size) > size:
                 image.draft(None, (size, size))  # JPEG only; a no-op for other formats
-            converted = image.convert(mode)
+            converted = _eight_bit(image, path).convert(mode)
             if size and converted.size != (size, size):
                 converted = ImageOps.fit(converted, (size, size), Image.Resampling.BILINEAR)
             return np.array(converted)
@@ -218,6 +225,23 @@ def decode_image(path: Path, mode: str, size: int = 0) -> np.ndarray:
         raise UserError(f"image {path} is refused as a possible decompression bomb: {exc}; remove it or shrink it") from None
     except _DECODE_ERRORS as exc:
         raise UserError(f"cannot decode image {path} ({type(exc).__name__}: {exc}); replace or remove it") from None
+
+
+def _eight_bit(image, path: Path):
+    """Pillow's image, with 16-bit gray (a 16-bit PNG or TIFF: modes I;16* and I) scaled to 8 bits.
+
+    Pillow's convert clips such pixels at 255, which turns all but the darkest white. Floating-point
+    pixels (mode F) have no range to scale from and are refused.
+    """
+    from PIL import Image
+
+    if image.mode == "F":
+        raise UserError(f"image {path} has floating-point pixels (Pillow mode F), which have no 8-bit range; "
+                        f"save it as an 8- or 16-bit image")
+    if image.mode != "I" and not image.mode.startswith("I;16"):
+        return image
+    pixels = np.asarray(image).astype(np.int64)
+    return Image.fromarray((np.clip(pixels, 0, 65535) * 255 // 65535).astype(np.uint8))  # mode L
 
 
 @contextmanager
