@@ -410,3 +410,30 @@ def test_a_failed_build_does_not_keep_its_deleted_file_mapped_while_the_error_li
     assert info.value.__traceback__ is not None  # kept, as a notebook keeps its last error
     with open("/proc/self/maps") as maps:
         assert [line for line in maps if str(cache) in line] == []  # no map of the (deleted) temporary
+
+
+def test_a_cache_still_mapped_is_not_removed_as_stale_until_its_images_are_gone(tmp_path):
+    import gc
+
+    from PIL import Image
+    root, cache = _write_folder(tmp_path / "photos"), tmp_path / "cache"
+    victim = root / "train" / "bee" / "0.png"
+
+    def change(mtime):
+        Image.fromarray(np.full((12, 12, 3), mtime, dtype=np.uint8)).save(victim)
+        os.utime(victim, ns=(mtime, mtime))
+        return load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+
+    def train_caches():
+        return sorted(p.name for p in cache.glob("*-train-*.npy"))
+    first = load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+    version_a = train_caches()
+    second = change(1)  # another job's view: `first` still maps version A, a spawned worker would reopen it
+    assert len(train_caches()) == 2 and set(version_a) < set(train_caches())
+    version_b = sorted(set(train_caches()) - set(version_a))
+    del first
+    gc.collect()
+    third = change(2)  # A is free now and goes; B is still mapped by `second`
+    assert set(version_b) < set(train_caches()) and not set(version_a) & set(train_caches())
+    assert len(train_caches()) == 2 and (third.train.images[third.train.sample_ids.index("train/bee/0.png")] == 2).all()
+    assert second.train.images.shape == third.train.images.shape

@@ -21,7 +21,13 @@ import os
 import re
 import socket
 from pathlib import Path
+
 from typing import Callable
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, stale caches are removed as before
+    fcntl = None
 
 import numpy as np
 import torch
@@ -70,6 +76,7 @@ def cached_images(root: Path, split: str, files: list[Path], ids: list[str], siz
     if not path.exists():
         _build(path, prefix, files, size, f"decoding {root / split} into {path.parent}")
     try:
+        lock = _read_lock(path)
         images = MappedImages.open(path)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the decoded cache {path} ({exc}); delete it and run again") from None
@@ -77,6 +84,7 @@ def cached_images(root: Path, split: str, files: list[Path], ids: list[str], siz
     if mapped.dtype != torch.uint8 or mapped.ndim != 4 or mapped.shape[0] != len(files) or mapped.shape[1] != 3:
         raise UserError(f"the decoded cache {path} holds {mapped.dtype} {list(mapped.shape)}, not the "
                         f"{len(files)} RGB images of {root / split}; delete it and run again")
+    images.lock = lock
     return images
 
 
@@ -141,9 +149,34 @@ def _build(path: Path, prefix: str, files: list[Path], size: int, description: s
         _discard(temporary)
         raise
     for stale in path.parent.glob(f"{prefix}-*.npy"):  # earlier versions of this folder and split
-        if stale != path and ".partial-" not in stale.name:
-            stale.unlink(missing_ok=True)  # a job still mapping it keeps its pages until it exits
+        if stale != path and ".partial-" not in stale.name and not _in_use(stale):
+            stale.unlink(missing_ok=True)
             _stats_path(stale).unlink(missing_ok=True)
+
+
+def _read_lock(path: Path):
+    """The cache file opened with a shared lock, held while the images mapped from it live. A loader
+    worker that is spawned (not forked) maps the file again by its name, so another job's build must
+    not remove it as stale while this one trains: that build leaves it, and a later one removes it."""
+    if fcntl is None:
+        return None
+    handle = open(path, "rb")  # noqa: SIM115 - closed (and the lock released) with the images
+    fcntl.flock(handle, fcntl.LOCK_SH)
+    return handle
+
+
+def _in_use(cache: Path) -> bool:
+    """Whether a process (this one included) holds the cache file's read lock."""
+    if fcntl is None:
+        return False
+    try:
+        with open(cache, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed
+    except BlockingIOError:
+        return True
+    except OSError:  # gone already, or unreadable: nothing to protect
+        return False
+    return False
 
 
 def _decode_into_file(temporary: Path, files: list[Path], size: int, description: str) -> None:

@@ -76,8 +76,9 @@ class MappedImages:
     decodes_on_read = False
 
     def __init__(self, mapped: torch.Tensor, index: torch.Tensor, pages: mmap.mmap | None = None,
-                 path: str | os.PathLike | None = None):
+                 path: str | os.PathLike | None = None, lock: object = None):
         self.mapped, self.index, self.pages, self.path = mapped, index, pages, path
+        self.lock = lock  # an open file holding the cache's shared lock while any view of it lives
         self.shape = torch.Size([len(index), *mapped.shape[1:]])
 
     @classmethod
@@ -95,7 +96,8 @@ class MappedImages:
         return len(self.index)
 
     def select(self, indices: np.ndarray) -> "MappedImages":
-        return MappedImages(self.mapped, self.index[torch.as_tensor(indices, dtype=torch.long)], self.pages, self.path)
+        return MappedImages(self.mapped, self.index[torch.as_tensor(indices, dtype=torch.long)], self.pages, self.path,
+                            self.lock)
 
     def __getitem__(self, key) -> torch.Tensor:
         if isinstance(key, tuple):  # images[i, c, y, x]: the rows first, then a tensor index of the rest
