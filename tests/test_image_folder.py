@@ -133,6 +133,29 @@ def test_an_abandoned_partial_file_of_a_dead_process_is_removed(tmp_path):
     assert not dead.exists()
 
 
+@pytest.mark.skipif(os.name != "posix", reason="flock")
+def test_a_temporary_whose_builder_holds_its_lock_is_left_even_if_its_pid_looks_dead(tmp_path):
+    # a builder in another PID namespace (a container sharing the cache folder): its pid is not ours to see
+    import fcntl
+    import socket
+
+    from debiaspl.data.decoded_cache import cache_prefix
+    root, cache = _write_folder(tmp_path / "photos"), tmp_path / "cache"
+    cache.mkdir()
+    elsewhere = cache / f"{cache_prefix(root, 'train', 12)}-{'1' * 32}.partial-{socket.gethostname()}-999999999.npy"
+    with open(elsewhere, "wb") as builder:
+        fcntl.flock(builder, fcntl.LOCK_EX)
+        load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+        assert elsewhere.exists()
+    load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))  # a valid cache: nothing built
+    assert elsewhere.exists()
+    load_image_folder(str(root), options=FolderOptions(11, "cache", str(cache)))  # a build of another S: not its prefix
+    assert elsewhere.exists()
+    next(p for p in cache.glob("*-train-12-*.npy") if ".partial-" not in p.name).unlink()  # so it builds again
+    load_image_folder(str(root), options=FolderOptions(12, "cache", str(cache)))
+    assert not elsewhere.exists()  # its lock is gone: abandoned
+
+
 def test_folders_of_the_same_name_keep_their_own_caches(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     roots = [_write_folder(tmp_path / "a" / "photos"), _write_folder(tmp_path / "b" / "photos", per_class=5)]

@@ -130,9 +130,11 @@ def _stats_path(cache: Path) -> Path:
 def _build(path: Path, prefix: str, files: list[Path], size: int, description: str) -> None:
     shape = (len(files), *stored_shape(files, size))
     temporary = path.with_name(f"{path.stem}.partial-{socket.gethostname()}-{os.getpid()}.npy")
+    building = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_abandoned(path.parent, prefix)
+        building = _file_lock(temporary, exclusive=True)  # the temporary is in use until this closes
         header = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)  # header and size
         del header
         _reserve_blocks(temporary)
@@ -148,6 +150,9 @@ def _build(path: Path, prefix: str, files: list[Path], size: int, description: s
     except BaseException:
         _discard(temporary)
         raise
+    finally:
+        if building is not None:
+            building.close()
     for stale in path.parent.glob(f"{prefix}-*.npy"):  # earlier versions of this folder and split
         if stale != path and ".partial-" not in stale.name and not _in_use(stale):
             stale.unlink(missing_ok=True)
@@ -158,15 +163,21 @@ def _read_lock(path: Path):
     """The cache file opened with a shared lock, held while the images mapped from it live. A loader
     worker that is spawned (not forked) maps the file again by its name, so another job's build must
     not remove it as stale while this one trains: that build leaves it, and a later one removes it."""
+    return _file_lock(path, exclusive=False)
+
+
+def _file_lock(path: Path, exclusive: bool):
+    """`path` opened (a builder's temporary: created) and flock-ed, or None where there are no flocks."""
+    handle = open(path, "ab" if exclusive else "rb")  # noqa: SIM115 - the caller closes it, releasing the lock
     if fcntl is None:
+        handle.close()
         return None
-    handle = open(path, "rb")  # noqa: SIM115 - closed (and the lock released) with the images
-    fcntl.flock(handle, fcntl.LOCK_SH)
+    fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
     return handle
 
 
 def _in_use(cache: Path) -> bool:
-    """Whether a process (this one included) holds the cache file's read lock."""
+    """Whether a process (this one included) holds a lock on the file: a reader's or a builder's."""
     if fcntl is None:
         return False
     try:
@@ -221,11 +232,16 @@ def _discard(temporary: Path) -> None:
 
 
 def _remove_abandoned(folder: Path, prefix: str) -> None:
-    """Temporary files of builds on this host whose process is gone (killed mid-decode)."""
+    """Temporary files of builds on this host whose process is gone (killed mid-decode).
+
+    A live builder holds its temporary's lock; the owner's pid alone would not do, since a builder in
+    another PID namespace (a container sharing the cache folder) has a pid this process cannot see.
+    Without flocks (Windows) the pid decides.
+    """
     host = socket.gethostname()
     for partial in folder.glob(f"{prefix}-*.partial-*.npy"):
         owner_host, _, pid = partial.name.rsplit(".partial-", 1)[1].removesuffix(".npy").rpartition("-")
-        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+        if owner_host == host and pid.isdigit() and not (_in_use(partial) if fcntl else _alive(int(pid))):
             partial.unlink(missing_ok=True)
 
 
