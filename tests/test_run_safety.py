@@ -11,6 +11,7 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 import torch
 
+from conftest import run_cli
 from debiaspl.config import save_config
 from debiaspl.engine.run import run_folder, train_run
 from debiaspl.errors import UserError
@@ -28,8 +29,11 @@ def folder_digest(folder):
     return digest.hexdigest()
 
 
-def debiaspl_train(*args):
-    return subprocess.run([sys.executable, "-m", "debiaspl", "train", *map(str, args)], capture_output=True, text=True)
+def debiaspl_train(*args, own_process=False):
+    """`debiaspl train ARGS`, in this process unless the test needs another process (a second writer)."""
+    if own_process:
+        return subprocess.run([sys.executable, "-m", "debiaspl", "train", *map(str, args)], capture_output=True, text=True)
+    return run_cli("train", *args)
 
 
 def test_each_checkpoint_keeps_the_one_before(tiny):
@@ -133,7 +137,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tiny, tmp_p
     lock.acquire()  # as a training process would
     try:
         before = folder_digest(run_dir)
-        proc = debiaspl_train(path)
+        proc = debiaspl_train(path, own_process=True)
         assert proc.returncode == 2 and "is being written by process" in proc.stderr, proc.stderr
         assert folder_digest(run_dir) == before
     finally:
