@@ -200,6 +200,40 @@ def test_bad_weights_files_are_refused_with_their_names(tmp_path):
         build_model(name, 1000, weights=saved(tmp_path, state, "partial.pt"))
 
 
+def test_plain_dict_files_and_auxiliary_heads_load(tmp_path, caplog):
+    # a dict without torch's _metadata (many scripts save one): mnasnet reads its module version from it
+    plain = {key: value for key, value in native("mnasnet0_5").state_dict().items()}
+    build_model("torchvision:mnasnet0_5", NUM_CLASSES, weights=saved(tmp_path, plain, "plain.pt"))
+    # torchvision's ImageNet googlenet keeps its training-only heads, which debiaspl builds without
+    with_aux = models.GoogLeNet(num_classes=1000, aux_logits=True, init_weights=False).state_dict()
+    with caplog.at_level(logging.WARNING, logger="debiaspl.models"):
+        model = build_model("torchvision:googlenet", NUM_CLASSES, weights=saved(tmp_path, with_aux, "aux.pt"))
+    assert "left out 20 keys of the auxiliary heads (aux1.conv.conv.weight, ...)" in caplog.text
+    assert torch.equal(model.body.conv1.conv.weight, with_aux["conv1.conv.weight"])
+
+
+def test_a_network_that_cannot_take_the_image_size_is_one_line_and_leaves_no_folder(tiny, tmp_path):
+    config = tiny(model={"name": "torchvision:alexnet"}, logging={"run_name": "too_small"})  # 8 x 8 digits
+    path = tmp_path / "alexnet.yaml"
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    proc = debiaspl("train", path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "model.name = 'torchvision:alexnet' does not take the data's 1 x 8 x 8 images" in proc.stderr
+    assert "set data.image_size" in proc.stderr and not run_folder(config).exists()
+
+
+def test_a_missing_weights_file_of_a_later_run_stops_before_the_first_trains(tiny, tmp_path):
+    first = tiny(logging={"run_name": "first"})
+    second = tiny(model={"weights": str(tmp_path / "absent.pt")}, logging={"run_name": "second"})
+    paths = []
+    for config in (first, second):
+        paths.append(tmp_path / f"{config.logging.run_name}.yaml")
+        paths[-1].write_text(yaml.safe_dump(to_dict(config)))
+    proc = debiaspl("train", *paths)
+    assert proc.returncode == 2 and f"model.weights = '{tmp_path / 'absent.pt'}': no such file" in proc.stderr
+    assert not run_folder(first).exists()
+
+
 # ---- timm, when installed ------------------------------------------------------------------------
 
 
@@ -251,3 +285,10 @@ def test_a_run_from_imagenet_weights_trains_evaluates_and_traces(tiny, tmp_path,
     with open(run_dir / "influence/self_influence_labeled.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 96 and float(rows[0]["last_layer"]) > 0
+
+
+def test_a_timm_tag_the_architecture_lacks_is_refused_at_load():
+    pytest.importorskip("timm")
+    assert "timm:resnet18.a1_in1k" in MODELS and "timm:resnet18.bogus_tag" not in MODELS
+    with pytest.raises(ConfigError, match=r"timm's resnet18 has no tag 'bogus_tag': its tags are .*a1_in1k"):
+        from_dict({"model": {"name": "timm:resnet18.bogus_tag"}})

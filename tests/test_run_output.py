@@ -35,6 +35,7 @@ def test_a_log_file_gets_a_timestamped_line_per_logging_interval(tiny, capsys):
 
 def test_a_terminal_gets_the_bar_and_timestamped_evaluations(monkeypatch, capsys):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     progress = Progress(10, 0, 10, "run", bar=True)
     for _ in range(5):
         progress.advance()
@@ -54,6 +55,18 @@ def test_a_terminal_gets_the_bar_and_timestamped_evaluations(monkeypatch, capsys
     assert re.fullmatch(rf"{STAMP}  step 5/10  loss 0.500  mask 0.25  lr 0.03  2 steps/s  ETA \d+s\n", captured.out)
     assert captured.err == ""
     assert [format_duration(s) for s in (3, 125, 84420, 200000, -1)] == ["3s", "2m05s", "23h27m", "2d07h", "0s"]
+
+
+def test_with_only_stdout_redirected_the_bar_stays_and_the_log_gets_the_lines(monkeypatch, capsys):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # `debiaspl train x.yaml | tee log.txt`
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    progress = Progress(10, 0, 10, "run", bar=True)
+    progress.advance()
+    progress.log(1, {"train/loss": 0.5, "pseudo/mask_rate": 0.25, "train/lr": 0.03, "train/steps_per_second": 2.0})
+    progress.close()
+    captured = capsys.readouterr()
+    assert re.fullmatch(rf"{STAMP}  step 1/10  loss 0.500  mask 0.25  lr 0.03  2 steps/s  ETA \d+s\n", captured.out)
+    assert "loss=0.500" in captured.err and "1/10" in captured.err
 
 
 # test_sweep_report's tiny experiment, 4 steps, with the default progress_bar

@@ -16,16 +16,18 @@ from tqdm import tqdm
 
 class Progress:
     """The trainer calls `advance` every step, `log` at each logging interval and `evaluation` after each
-    evaluation. `bar`: logging.progress_bar. The bar is drawn on stderr when stderr is a terminal; every
-    other case (bar off, or output redirected) prints the lines to stdout instead. `show`: False on all
-    processes but rank 0, which print nothing."""
+    evaluation. `bar`: logging.progress_bar. The bar is drawn on stderr when stderr is a terminal; the
+    lines go to stdout when there is no bar (bar off, or stderr redirected) or stdout is not a terminal.
+    `show`: False on all processes but rank 0, which print nothing."""
 
     def __init__(self, total_steps: int, start_step: int, end_step: int, name: str, bar: bool, show: bool = True):
         self.total_steps, self.start_step, self.end_step = total_steps, start_step, end_step
         self.started = time.perf_counter()
         self.bar = tqdm(total=total_steps, initial=start_step, desc=name, unit="step", dynamic_ncols=True) \
             if show and bar and sys.stderr.isatty() else None
-        self.lines = show and self.bar is None
+        # `debiaspl train x.yaml | tee log.txt` or `> log.txt` alone: the bar stays on the terminal, the
+        # lines go to the log
+        self.lines = show and (self.bar is None or not sys.stdout.isatty())
         self.show = show
 
     def advance(self) -> None:

@@ -24,6 +24,7 @@ from debiaspl.engine.trainer import Trainer
 from debiaspl.errors import UserError
 from debiaspl.files import file_sha256, write_json
 from debiaspl.models.depthwise import Float32DepthwiseConv2d
+from debiaspl.models.external import read_state_dict
 from debiaspl.run_folder import (CHECKPOINT_NAME, CONFIG_NAME, LABEL_FILE_COPY, RESULTS_NAME, RUN_INFO_NAME,
                                  RunFolderLock, load_run_checkpoint, refuse_symlinks, remove_stale_temporaries,
                                  way_back)
@@ -68,7 +69,8 @@ def preflight(config: ExperimentConfig) -> None:
     """Cheap checks that catch user mistakes before any run of a batch starts training."""
     resolve_device(config.train.device)
     check_source_available(config.data.dataset, config.data.root, config.data.download)
-    saved_state(config)
+    if saved_state(config) is None and config.model.weights:  # a resume takes its weights from the checkpoint
+        read_state_dict(config.model.weights)  # there and a state_dict; whether it fits needs the network
 
 
 def saved_state(config: ExperimentConfig) -> dict | None:

@@ -33,7 +33,7 @@ from debiaspl.engine.progress import Progress
 from debiaspl.engine.run_log import RunLog
 from debiaspl.engine.timing import StepTimer
 from debiaspl.hooks import HOOKS, RunContext, StepRecord
-from debiaspl.models import build_model
+from debiaspl.models import build_model, check_takes_images
 from debiaspl.models.ema import ModelEMA
 from debiaspl.run_folder import CHECKPOINT_FORMAT, CHECKPOINT_NAME, save_checkpoint, snapshot_path
 
@@ -86,6 +86,7 @@ class Trainer:
         in_channels = data.image_shape[0]
         self.model = build_model(config.model.name, data.num_classes, in_channels, config.model.dropout,
                                  config.model.wrn_variant, weights=config.model.weights if start_weights else "").to(device)
+        check_takes_images(self.model, data.image_shape, config.model.name)
         self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.bf16 = use_bf16(config.train.precision, device)

@@ -7,8 +7,10 @@ from collections.abc import Iterator, MutableMapping
 from functools import partial
 from typing import Callable, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
+from debiaspl.errors import UserError
 from debiaspl.models.depthwise import keep_depthwise_in_float32
 from debiaspl.models.ema import ModelEMA
 from debiaspl.models.external import ExternalClassifier, build_external, explain_unknown, is_external_name, load_weights
@@ -106,5 +108,23 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, dropout: floa
     return model
 
 
+def check_takes_images(model: nn.Module, image_shape: tuple[int, int, int], name: str) -> None:
+    """One forward pass of two blank images in eval mode, without gradients: a network that cannot take
+    the data's image size (a ViT fixed at 224 px, AlexNet's pooling on 8 px) is a UserError naming
+    model.name before a run folder is made, not a traceback from the first training step."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, *image_shape, device=next(model.parameters()).device))
+    except (RuntimeError, AssertionError, ValueError, IndexError) as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        channels, height, width = image_shape
+        raise UserError(f"model.name = {name!r} does not take the data's {channels} x {height} x {width} images "
+                        f"({detail}); set data.image_size to a size it takes, or choose another architecture") from None
+    finally:
+        model.train(was_training)
+
+
 __all__ = ["MODELS", "WRN_VARIANTS", "Classifier", "ExternalClassifier", "ModelEMA", "ModelRegistry", "SmallCNN",
-           "WideResNet", "build_model"]
+           "WideResNet", "build_model", "check_takes_images"]

@@ -95,7 +95,10 @@ def is_external_name(name: str) -> bool:
     library, architecture = parts
     if library == "timm":
         timm = _import_timm()
-        return timm is not None and bool(architecture) and timm.is_model(architecture)
+        if timm is None or not architecture or not timm.is_model(architecture):
+            return False
+        # is_model checks only the part before a ".tag"; create_model refuses a tag the architecture lacks
+        return "." not in architecture or architecture in timm.list_pretrained(architecture)
     return architecture in library_names(library)
 
 
@@ -110,6 +113,11 @@ def explain_unknown(name: str, builtins: list[str]) -> str:
         return f"{parts[0]!r} is not a model library: {listing}"
     elif parts[0] == "timm" and _import_timm() is None:
         return f"{name} needs timm, which is not installed: pip install timm (or {listing.removeprefix('choose ')})"
+    elif parts[0] == "timm" and "." in parts[1] and _import_timm().is_model(parts[1].partition(".")[0]):
+        architecture, _, tag = parts[1].partition(".")
+        tags = [known.partition(".")[2] for known in _import_timm().list_pretrained(f"{architecture}.*")]
+        return f"timm's {architecture} has no tag {tag!r}: " + (
+            f"its tags are {', '.join(tags)}" if tags else f"it has none; write timm:{architecture}")
     else:
         library = parts[0]
         candidates = {a: f"{library}:{a}" for a in library_names(library)}
@@ -201,6 +209,9 @@ def _first_conv(model: nn.Module) -> str | None:
 # ---- weights -------------------------------------------------------------------------------------
 
 
+AUXILIARY_HEADS = ("AuxLogits.", "aux1.", "aux2.")  # torchvision's inception_v3 and googlenet
+
+
 def read_state_dict(path: str) -> dict[str, Tensor]:
     """The state_dict in `path` (torch.load with weights_only): the file's dict itself, or its
     "state_dict" or "model" entry. UserError naming the file when it is missing or holds no state_dict."""
@@ -243,6 +254,12 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
                      state[skipped[0]].shape[0], expected[skipped[0]].shape[0])
         for key in skipped:
             del state[key]
+    auxiliary = [k for k in state if k not in expected and shown(k).startswith(AUXILIARY_HEADS)]
+    if auxiliary:  # googlenet's and inception_v3's training-only heads, which debiaspl builds without
+        _log.warning("debiaspl: model.weights %s: left out %d keys of the auxiliary heads (%s, ...), which this "
+                     "network is built without", path, len(auxiliary), shown(auxiliary[0]))
+        for key in auxiliary:
+            del state[key]
     stem = _first_conv(model)
     if stem and f"{stem}.weight" in misshapen and _adapt_stem(state, expected, f"{stem}.weight"):
         _log.warning("debiaspl: model.weights %s: %s adapted from 3 input channels to %d", path,
@@ -251,7 +268,13 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
                   for k in misshapen if k in state and state[k].shape != expected[k].shape]
     if bad_shapes:
         raise UserError(f"model.weights = {path!r} does not fit {name}: {_first(bad_shapes, 'misshapen keys')}")
-    result = model.load_state_dict(state, strict=False)
+    if getattr(state, "_metadata", None) is None:  # a file saved as a plain dict: the model's own module
+        state._metadata = getattr(expected, "_metadata", None)  # versions (mnasnet refuses to load without)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except (RuntimeError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"model.weights = {path!r} does not fit {name}: {detail}") from None
     missing = [shown(k) for k in result.missing_keys if k not in skipped]
     unexpected = [shown(k) for k in result.unexpected_keys]
     problems = [_first(keys, what) for keys, what in ((missing, "missing keys"), (unexpected, "unexpected keys"))
