@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 import textwrap
@@ -317,3 +318,21 @@ def test_get_dotted_reads_hooks_as_set_dotted_addresses_them(tmp_path):
     assert get_dotted(raw, "hooks.drift.interval") == get_dotted(raw, "hooks.0.interval") == 100
     assert get_dotted(raw, "hooks.cartography.labeled") is True and get_dotted(raw, "train.steps") == 2 ** 18
     assert [get_dotted(raw, key, "-") for key in ("hooks.2.interval", "hooks.uncertainty.interval", "train.x")] == ["-"] * 3
+
+
+def test_set_values_read_as_a_user_means_them(tmp_path):
+    path = write(tmp_path, "e.yaml", "train:\n  steps: 2000\n  batch_size: 32\nlogging:\n  run_name: a\n")
+    cfg = load_experiment(path, ["logging.run_name='my run'", "model.weights=''", "train.steps=010"])
+    assert cfg.logging.run_name == "my run" and cfg.model.weights == "" and cfg.train.steps == 10  # not 8 (octal)
+    assert load_experiment(path, ["logging.run_name=2024"]).logging.run_name == "2024"  # a string key keeps the text
+    merged = load_experiment(path, ["train={steps: 4}"])  # a section merges, as a base: file's would
+    assert (merged.train.steps, merged.train.batch_size) == (4, 32)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("protocol: [usb]\n", "protocol = ['usb']: must be a string"),
+    ("hooks:\n  - name: [drift]\n", "hooks[0].name = ['drift']: must be one of"),
+    ("algorithm:\n  name: [fixmatch]\n", "algorithm.name = ['fixmatch']: must be a name, one of")])
+def test_a_name_that_is_not_a_string_is_one_line(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_experiment(write(tmp_path, "e.yaml", text))

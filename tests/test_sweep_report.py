@@ -162,7 +162,7 @@ def test_rows_group_by_config_without_seed_and_name_what_varies(tmp_path):
         ("data.unlabeled_imbalance=1", "fixmatch+debiaspl debiaspl.tau=0.4", 1),
         ("data.unlabeled_imbalance=100", "fixmatch", 2),
         ("data.unlabeled_imbalance=100", "fixmatch+debiaspl debiaspl.tau=0.4", 1),
-        ("data.unlabeled_imbalance=100", "fixmatch+debiaspl debiaspl.tau=2.0", 1)]
+        ("data.unlabeled_imbalance=100", "fixmatch+debiaspl debiaspl.tau=2", 1)]
 
 
 def test_rows_of_runs_under_protocols_are_named_by_the_protocol(tmp_path):
@@ -221,3 +221,35 @@ def test_report_reads_past_a_half_written_line_and_refuses_a_non_run(tmp_path):
     (tmp_path / "r" / "config.yaml").write_text("just text\n")
     with pytest.raises(UserError, match="does not hold a mapping"):
         write_report([tmp_path], None)
+
+
+def test_a_key_an_older_run_did_not_write_counts_as_its_default(tmp_path):
+    fake_run(tmp_path / "a", "fixmatch", 0, [0.5])  # optim.lr absent: the default 0.03
+    fake_run(tmp_path / "b", "fixmatch", 1, [0.5], extra="optim: {lr: 0.01}\n")
+    fake_run(tmp_path / "c", "fixmatch", 2, [0.5], extra="optim: {lr: 0.03}\n")
+    rows = group_rows([load_run_record(folder) for folder in find_run_folders([tmp_path])])
+    assert [(row.setting, sorted(r.seed for r in row.runs)) for row in rows] == [
+        ("optim.lr=0.01", [1]), ("optim.lr=0.03", [0, 2])]
+
+
+def test_image_folders_are_part_of_what_a_run_learns_other_roots_are_not():
+    from debiaspl.config import training_settings
+    folder = {"data.dataset": "imagefolder", "data.root": "/data/cats_dogs", "train.steps": 4}
+    assert training_settings(folder) != training_settings({**folder, "data.root": "/data/planes_cars"})
+    cifar = {"data.dataset": "cifar10", "data.root": "/copy/one", "train.steps": 4}
+    assert training_settings(cifar) == training_settings({**cifar, "data.root": "/copy/two"})
+
+
+def test_a_finished_run_asked_for_with_another_evaluation_is_refused(tmp_path):
+    from conftest import tiny_config
+    from debiaspl.config import replace_dotted
+    from debiaspl.engine.run import train_run
+    config = tiny_config(tmp_path / "runs", train={"steps": 2}, eval={"interval": 2})
+    train_run(config)
+    assert train_run(config)["step"] == 2  # the same settings: its results
+    for key, value in (("eval.use_ema", False), ("eval.interval", 1)):
+        with pytest.raises(UserError, match=rf"holds a finished run with other settings \({key}: "):
+            train_run(replace_dotted(config, key, value))
+    paused = tiny_config(tmp_path / "runs", train={"steps": 4}, eval={"interval": 2}, logging={"run_name": "paused"})
+    train_run(paused, until_step=2)
+    assert train_run(replace_dotted(paused, "eval.interval", 4))["step"] == 4  # an unfinished run may change it

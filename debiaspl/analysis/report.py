@@ -22,7 +22,7 @@ from pathlib import Path
 
 from debiaspl.metrics.plots import learning_curves_figure, save_figure
 from debiaspl.files import write_csv, write_text
-from debiaspl.config import flatten, load_saved_config, training_settings, upgrade_legacy_config
+from debiaspl.config import flatten, load_saved_config, to_dict, training_settings
 from debiaspl.config.loader import read_yaml
 from debiaspl.errors import UserError
 from debiaspl.run_folder import CONFIG_NAME, METRICS_NAME, RESULTS_NAME
@@ -74,8 +74,9 @@ def load_run_record(folder: Path) -> RunRecord | None:
     if not isinstance(config, dict):
         raise UserError(f"{config_path} does not hold a mapping of config sections; is this a run folder?")
     # Validated as `train --resume` would, so a hand-edited value (train.seed: 'x') is named here
-    # instead of failing below; the rows still group by the keys the file holds.
-    load_saved_config(config_path)
+    # instead of failing below; rows group by that config, so a key an older version did not write
+    # counts as its default, not as a key the run lacks (which would join it to any other value).
+    validated = load_saved_config(config_path)
     try:
         final = json.loads(results_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -85,7 +86,7 @@ def load_run_record(folder: Path) -> RunRecord | None:
     if not isinstance(final, dict):
         raise UserError(f"{results_path} does not hold a mapping of final metrics (it holds a "
                         f"{type(final).__name__}); is this a run folder?")
-    keys = flatten(upgrade_legacy_config(config))
+    keys = flatten(to_dict(validated))
     algorithm = keys.get("algorithm.name", "?")
     setting_keys = {key: value for key, value in training_settings(keys).items() if key != "train.seed"}
     return RunRecord(folder=folder, algorithm=str(algorithm), seed=int(keys.get("train.seed", 0)),
@@ -127,13 +128,18 @@ def group_rows(records: list[RunRecord]) -> list[Row]:
     rows: dict[tuple[str, str], Row] = {}
     for record in records:
         setting = ", ".join([*([f"protocol={record.protocol}"] if by_protocol else []),
-                             *(f"{key}={record.setting_keys[key]}" for key in varying
+                             *(f"{key}={_value_text(record.setting_keys[key])}" for key in varying
                                if not key.startswith("algorithm.") and key in record.setting_keys)]) or "-"
-        algorithm = " ".join([record.algorithm, *(f"{key.partition('.')[2]}={record.setting_keys[key]}"
+        algorithm = " ".join([record.algorithm, *(f"{key.partition('.')[2]}={_value_text(record.setting_keys[key])}"
                                                    for key in varying if key.startswith("algorithm.")
                                                    and key in record.setting_keys)])
         rows.setdefault((setting, algorithm), Row(setting, algorithm)).runs.append(record)
     return [rows[key] for key in sorted(rows)]
+
+
+def _value_text(value) -> str:
+    """A setting's value in a row's name: a whole float as the integer it is (imbalance 100, not 100.0)."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def at_best_top1(evaluations: list[dict], metric: str) -> float:

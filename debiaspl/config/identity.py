@@ -34,9 +34,13 @@ EXECUTION_KEYS = frozenset(_execution_keys(ExperimentConfig))
 
 
 def training_settings(flat: dict[str, Any]) -> dict[str, Any]:
-    """The keys of a flattened config that decide what a run learns: all but EXECUTION_KEYS, and
-    algorithm.marginal_momentum for an algorithm that only watches q_hat (plain FixMatch, FlexMatch)."""
+    """The keys of a flattened config that decide what a run learns: all but EXECUTION_KEYS (though
+    data.root counts for an image folder, where it names the data itself; a resume may still move the
+    folder, RESUME_SAFE_KEYS), and algorithm.marginal_momentum for an algorithm that only watches q_hat
+    (plain FixMatch, FlexMatch)."""
     settings = {key: value for key, value in flat.items() if key not in EXECUTION_KEYS}
+    if flat.get("data.dataset") == "imagefolder":  # there the root is the data, not where a copy of it lives
+        settings["data.root"] = flat.get("data.root")
     try:
         watched_only = not reads_class_marginal(flat.get("algorithm.name", ""))
     except ValueError:  # not a valid name (a hand-edited folder): compare every key

@@ -20,7 +20,7 @@ import yaml
 from debiaspl.algorithm import (ALGORITHMS, DEFAULT_ALGORITHM, LAYER_SEPARATOR, LAYERS, parse_algorithm_name,
                                 upgrade_legacy_config)
 from debiaspl.config.identity import flatten
-from debiaspl.config.overrides import ConfigError, apply_override, parse_override, set_dotted  # noqa: F401 (re-exported)
+from debiaspl.config.overrides import ConfigError, apply_override, deep_merge, parse_override, set_dotted  # noqa: F401 (re-exported)
 from debiaspl.config.protocols import NO_PROTOCOL, PROTOCOLS
 from debiaspl.config.schema import AlgorithmConfig, ExperimentConfig, HookConfig, describe_fields  # noqa: F401 (re-exported)
 from debiaspl.hooks import HOOKS
@@ -62,7 +62,7 @@ def load_saved_config(path: Path, overrides: typing.Sequence[str] = ()) -> Exper
 def with_protocol(raw: dict) -> dict:
     """`raw` over the settings of the protocol it names (none: `raw` as it is); the file's keys win."""
     name = raw.get("protocol", NO_PROTOCOL)
-    if name == NO_PROTOCOL or name not in PROTOCOLS:  # an unknown name is reported by validation
+    if not isinstance(name, str) or name == NO_PROTOCOL or name not in PROTOCOLS:  # validation reports it
         return raw
     settings = _protocol_settings(name, raw.get("algorithm"))
     if settings is None:
@@ -70,7 +70,7 @@ def with_protocol(raw: dict) -> dict:
     merged: dict = {}
     for key, value in settings.items():
         set_dotted(merged, key, value)
-    _deep_merge(merged, raw)
+    deep_merge(merged, raw)
     return merged
 
 
@@ -191,16 +191,8 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
     if not isinstance(base, str):
         raise ConfigError(f"{path}: base = {base!r}: expected a file name relative to {path.parent}")
     merged = _read_with_bases(path.parent / base, (*chain, resolved))
-    _deep_merge(merged, data)
+    deep_merge(merged, data)
     return merged
-
-
-def _deep_merge(into: dict, update: dict) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value)
-        else:
-            into[key] = value
 
 
 def _build(cls: type, raw: dict, prefix: str, source: str) -> Any:
@@ -274,7 +266,7 @@ def _build_hooks(entries: Any, source: str) -> tuple[HookConfig, ...]:
             raise ConfigError(f"{source}: {where} = {entry!r}: expected a mapping with a `name` key")
         options = dict(entry)
         name = options.pop("name")
-        if name not in HOOKS:
+        if not isinstance(name, str) or name not in HOOKS:
             close = difflib.get_close_matches(str(name), list(HOOKS), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"{source}: {where}.name = {name!r}: must be one of {', '.join(HOOKS)}{hint}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import re
 import sys
 import typing
 from typing import Any
@@ -31,6 +32,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected dotted.key=value, e.g. train.steps=1000")
+    if re.fullmatch(r"\s*[-+]?0[0-9]+\s*", value):  # YAML 1.1 reads 010 as octal 8; a user means 10
+        return key.strip(), int(value)
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
@@ -41,8 +44,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 def apply_override(raw: dict, text: str, source: str) -> None:
     """Apply one `--set` to `raw` in place; `hooks=[...]` that drops hooks of `source` warns on stderr."""
     key, value = parse_override(text)
-    if leaf_type(key, raw) is str:  # keep `run_name=2024` or `root=yes` as the text typed
-        value = text.partition("=")[2].strip()
+    if leaf_type(key, raw) is str and not isinstance(value, str):  # `run_name=2024`, `root=yes`: as typed
+        value = text.partition("=")[2].strip()  # (a YAML string, quoted or not, is that string: 'my run')
     if key == "hooks":
         _warn_of_dropped_hooks(raw.get("hooks"), value, source)
     set_dotted(raw, key, value)
@@ -115,7 +118,19 @@ def _set_path(node: dict, shown: str, parts: list[str], value: Any) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {shown}: {part} = {child!r} is not a section")
         node = child
-    node[leaf] = value
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        deep_merge(node[leaf], value)  # `--set train={steps: 4}` changes steps, as a base: file would
+    else:
+        node[leaf] = value
+
+
+def deep_merge(into: dict, update: dict) -> None:
+    """`update`'s keys into `into`, section by section (base: files, --set SECTION={...})."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            deep_merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def _set_hook(raw: dict, key: str, selector: str, rest: list[str], value: Any) -> None:

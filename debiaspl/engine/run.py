@@ -80,12 +80,13 @@ def saved_state(config: ExperimentConfig) -> dict | None:
     changed settings are refused rather than answered with the old results.
     """
     run_dir = run_folder(config)
+    finished = finished_results(config) is not None
     if (run_dir / CHECKPOINT_NAME).exists():
         state, saved = load_run_checkpoint(run_dir / CHECKPOINT_NAME)
-        check_resumable(saved, config, run_dir)
+        check_resumable(saved, config, run_dir, finished)
         return state
     if (run_dir / RESULTS_NAME).is_file() and (run_dir / CONFIG_NAME).is_file():
-        check_resumable(load_saved_config(run_dir / CONFIG_NAME), config, run_dir)
+        check_resumable(load_saved_config(run_dir / CONFIG_NAME), config, run_dir, finished)
     return None
 
 
@@ -256,11 +257,16 @@ def _use_deterministic_kernels() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def check_resumable(saved: ExperimentConfig, current: ExperimentConfig, run_dir: Path) -> None:
-    """Refuse to continue a run under settings that would change what it trains."""
+def check_resumable(saved: ExperimentConfig, current: ExperimentConfig, run_dir: Path, finished: bool = False) -> None:
+    """Refuse to continue a run under settings that would change what it trains; for a finished run,
+    whose results are answered as they are, also under another evaluation or label file."""
     old, new = flatten(to_dict(saved)), flatten(to_dict(current))
+    allowed = EXECUTION_KEYS if finished else RESUME_SAFE_KEYS
     blocking = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
-                if old.get(key) != new.get(key) and key not in RESUME_SAFE_KEYS]
+                if old.get(key) != new.get(key) and key not in allowed]
+    if blocking and finished:
+        raise UserError(f"{run_dir} holds a finished run with other settings ({', '.join(blocking)}), and its "
+                        f"results are those of its own; start a new run with --set logging.run_name=NEW_NAME")
     if blocking:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(blocking)}); resume it with "
                         f"the same settings, or start a new run with --set logging.run_name=NEW_NAME")
