@@ -110,3 +110,28 @@ def test_weak_view_gets_no_gradient():
     assert not out.class_marginal.requires_grad and not out.probs_pseudo.requires_grad
     with pytest.raises(RuntimeError):
         torch.autograd.grad(out.loss, z_w)
+
+
+def test_fifty_chained_steps_follow_the_official_order():
+    # main_DebiasPL.py's order: label from q_hat before the step, update q_hat from the plain weak
+    # softmax of the whole batch, margin with the updated q_hat; q_hat carried from step to step
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    classes, tau, momentum, threshold = 5, 0.4, 0.9, 0.5
+    bias = torch.tensor([2.0, 1.0, 0.0, -1.0, -2.0])  # a head-biased classifier
+    reference = torch.full((classes,), 1.0 / classes)
+    q_hat = uniform_class_marginal(classes)
+    for _ in range(50):
+        weak, strong = torch.randn(8, classes) * 2 + bias, torch.randn(8, classes) * 2 + bias
+        labeled, targets = torch.randn(4, classes), torch.randint(0, classes, (4,))
+        confidence, labels = F.softmax(weak - tau * reference.log(), dim=1).max(dim=1)
+        mask = (confidence >= threshold).float()
+        reference = momentum * reference + (1 - momentum) * F.softmax(weak, dim=1).mean(0)
+        unlabeled = (F.cross_entropy(strong + tau * reference.log(), labels, reduction="none") * mask).mean()
+        out = debiaspl_step(labeled, targets, weak, strong, q_hat, threshold=threshold, unlabeled_weight=1.0,
+                            marginal_momentum=momentum, tau=tau)
+        q_hat = out.class_marginal
+        assert torch.equal(out.pseudo_labels, labels) and torch.equal(out.mask, mask)
+        torch.testing.assert_close(q_hat, reference, rtol=0, atol=1e-7)
+        torch.testing.assert_close(out.loss, F.cross_entropy(labeled, targets) + unlabeled, rtol=0, atol=1e-6)
+    assert q_hat[0] > 0.4 and q_hat[-1] < 0.05  # it tracked the bias
