@@ -100,6 +100,13 @@ def test_drift_statistics_by_hand(tmp_path):
     assert last(log, "drift/debias_changed") == pytest.approx(4 / 6)
     assert last(log, "drift/imbalance_ratio") == pytest.approx(1.0)
     assert last(log, "drift/imbalance_ratio_masked") == pytest.approx(2.0)
+    assert last(log, "drift/classes_without_pseudo_labels") == 0 and last(log, "drift/classes_without_pseudo_labels_masked") == 0
+    one_class = context(tmp_path / "one", unlabeled=6, unlabeled_batch=6, steps=1, unlabeled_labels=truth)
+    hook = DriftHook(DriftHook.Options(interval=1, figure_interval=1))
+    hook.on_train_start(one_class)
+    hook.on_step_end(record(1, [0, 1], [0, 1], torch.zeros(2, 3), list(range(6)), truth, raw, raw))  # pseudo-labels [0, 0, 0, 0, 1, 0]
+    assert last(one_class.log, "drift/classes_without_pseudo_labels") == 1
+    assert last(one_class.log, "drift/imbalance_ratio") == pytest.approx(5.0)  # 5 / the floor of 1
     assert log.histograms["drift/pseudo_labels"][-1][1] == [2, 2, 2]
     assert log.histograms["drift/pseudo_labels_before_debiasing"][-1][1] == [5, 1, 0]
     assert log.histograms["drift/pseudo_labels_masked"][-1][1] == [2, 1, 2]
@@ -490,3 +497,23 @@ def test_hook_config_errors(tmp_path):
         with pytest.raises(ConfigError) as info:
             load_experiment(path)
         assert message in str(info.value)
+
+
+def test_influence_features_are_what_the_classifier_read_under_dropout():
+    # TracIn's last-layer gradient is taken at the classifier's input: after model.dropout in training
+    import torch.nn.functional as F
+
+    from debiaspl.engine.trainer import LogitsAndFeatures
+    from debiaspl.metrics.influence import last_layer_self_influence
+    from debiaspl.models import build_model
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 4, in_channels=3, dropout=0.5).double().train()
+    x, y = torch.randn(3, 3, 16, 16, dtype=torch.double), torch.tensor([0, 1, 2])
+    logits, features = LogitsAndFeatures(model)(x)
+    by_autograd = []
+    for i in range(3):
+        grads = torch.autograd.grad(F.cross_entropy(logits[i:i + 1], y[i:i + 1]),
+                                    [model.classifier.weight, model.classifier.bias], retain_graph=True)
+        by_autograd.append(sum(g.square().sum() for g in grads).item())
+    hook = last_layer_self_influence(torch.softmax(logits, 1).detach(), y, features.detach(), 1.0)
+    torch.testing.assert_close(hook, torch.tensor(by_autograd, dtype=hook.dtype), rtol=1e-9, atol=0)

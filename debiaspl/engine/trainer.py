@@ -39,16 +39,17 @@ from debiaspl.run_folder import CHECKPOINT_FORMAT, CHECKPOINT_NAME, save_checkpo
 
 
 class LogitsAndFeatures(nn.Module):
-    """The model's forward that also returns its penultimate features (the classifier's input), so
-    hooks that need them cost no extra pass. DDP and torch.compile wrap this module."""
+    """The model's forward that also returns the classifier's input (the penultimate features after
+    model.dropout, as this step's classifier saw them: TracIn's last-layer gradient is taken at that
+    input), so hooks that need them cost no extra pass. DDP and torch.compile wrap this module."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.forward_features(x)
-        return self.model.classifier(self.model.dropout(features)), features
+        features = self.model.dropout(self.model.forward_features(x))
+        return self.model.classifier(features), features
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,9 @@ class DriftHook(IntervalHook):
             "drift/kl_marginal_to_true": kl_divergence(marginal, self.true_distribution),
             "drift/imbalance_ratio": imbalance_ratio(counts),
             "drift/imbalance_ratio_masked": imbalance_ratio(sums["masked"]),
+            # where these are non-zero the ratios above divide by 1 for the empty classes (finite, plottable)
+            "drift/classes_without_pseudo_labels": int((counts == 0).sum()),
+            "drift/classes_without_pseudo_labels_masked": int((sums["masked"] == 0).sum()),
             "drift/debias_changed": int(sums["changed"]) / total,
         }
         per_class = {"pseudo_share": share, "precision": precision, "recall": recall,
