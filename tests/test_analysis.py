@@ -424,3 +424,12 @@ def test_figures_leave_no_pyplot_figure_open(tmp_path):
     class_distribution_figure(["a", "b"], [1, 2], [2, 1], "classes")
     confusion_matrix_figure(torch.eye(2), ["a", "b"], "confusion")
     assert before == [] and plt.get_fignums() == []
+
+
+def test_top_k_in_region_keeps_to_the_data_maps_region():
+    # sample 0 has the lowest confidence but a high variability: the map calls it ambiguous
+    metrics = {"confidence": torch.tensor([0.05, 0.3, 0.9, 0.2]), "variability": torch.tensor([0.3, 0.1, 0.05, 0.15])}
+    assert top_k("hard-to-learn", metrics, 3).tolist() == [0, 3, 1]
+    assert top_k("hard-to-learn", metrics, 3, in_region=True).tolist() == [3, 1]
+    assert top_k("ambiguous", metrics, 3, in_region=True).tolist() == [0]
+    assert top_k("easy-to-learn", metrics, 3, in_region=True).tolist() == [2]

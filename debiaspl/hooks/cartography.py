@@ -219,7 +219,7 @@ class CartographyHook(Hook):
             rows = []
             for region, measure in (("easy-to-learn", "confidence"), ("ambiguous", "variability"),
                                     ("hard-to-learn", "confidence")):
-                order = top_k(region, metrics, self.options.gallery_size)
+                order = top_k(region, metrics, self.options.gallery_size, in_region=True)
                 order = [int(i) for i in order if metrics["epochs_observed"][int(i)] > 0]
                 rows.append(GalleryRow(region, entries_from(images, order, dynamics.ids, context.class_names,
                                                             labels=dynamics.labels.cpu(), pseudo_labels=pseudo,
@@ -269,7 +269,7 @@ class CartographyHook(Hook):
             write_text(folder / "td_metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
             changes = dynamics.changes.cpu() if dynamics.changes is not None else None
             for region in ("ambiguous", "hard-to-learn"):
-                order = top_k(region, metrics, self.options.top_k)
+                order = top_k(region, metrics, self.options.top_k)  # allenai's rankings, by the metric alone
                 write_csv(folder / f"{region.replace('-', '_')}.csv", self._top_k_columns(dynamics, metrics, order, changes))
             regions = region_of(metrics["confidence"], metrics["variability"])
             observed = [r for r, n in zip(regions, metrics["epochs_observed"]) if n > 0]

@@ -83,11 +83,13 @@ def region_of(confidence: torch.Tensor, variability: torch.Tensor,
         ["unobserved", "ambiguous", "easy-to-learn"], default="hard-to-learn").astype(str)
 
 
-def top_k(metric_name: str, metrics: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+def top_k(metric_name: str, metrics: dict[str, torch.Tensor], k: int, in_region: bool = False) -> torch.Tensor:
     """int64 indices [min(k, N)] of the samples most typical of region `metric_name`.
 
     "ambiguous": highest variability first; "hard-to-learn": lowest confidence first; "easy-to-learn":
-    highest confidence first. nan values come last, ties are broken by the lower index.
+    highest confidence first (allenai's rankings). nan values come last, ties are broken by the lower
+    index. `in_region`: only samples the data map puts in that region (region_of), so that the lowest
+    confidences, often highly variable, do not show as hard-to-learn what the map calls ambiguous.
     """
     keys = {"ambiguous": ("variability", -1.0), "hard-to-learn": ("confidence", 1.0),
             "easy-to-learn": ("confidence", -1.0)}
@@ -98,6 +100,8 @@ def top_k(metric_name: str, metrics: dict[str, torch.Tensor], k: int) -> torch.T
     missing = np.isnan(values)
     # np.lexsort sorts by the last key first: missing, then the signed value, then the index.
     order = np.lexsort((np.arange(len(values)), sign * np.where(missing, 0.0, values), missing))
+    if in_region:
+        order = order[region_of(metrics["confidence"], metrics["variability"])[order] == metric_name]
     return torch.from_numpy(order[:max(k, 0)].astype(np.int64))
 
 
