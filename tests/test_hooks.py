@@ -266,12 +266,12 @@ def peaked(target, p):
     return row
 
 
-def run_cartography(tmp_path, steps_before_pause=None):
+def run_cartography(tmp_path, steps_before_pause=None, export_from_the_resume=False):
     from debiaspl.data.loaders import stream_epoch_segments, stream_indices
     ctx = context(tmp_path, labeled=4, batch=3, unlabeled=4, unlabeled_batch=3, steps=4, unlabeled_labels=HIDDEN)
     ctx = RunContext(**{**ctx.__dict__, "labeled_labels": torch.zeros(4, dtype=torch.long)})
     options = CartographyHook.Options(figure_interval=100, export_allenai=True)
-    hook = CartographyHook(options)
+    hook = CartographyHook(CartographyHook.Options(figure_interval=100) if export_from_the_resume else options)
     hook.on_train_start(ctx)
     for step in range(1, 5):
         idx_lb = stream_indices(4, 3, step - 1, seed=0, stream=1)
@@ -289,6 +289,17 @@ def run_cartography(tmp_path, steps_before_pause=None):
             hook.on_train_start(RunContext(**{**ctx.__dict__, "start_step": step}))
     hook.on_train_end(4)
     return ctx
+
+
+def test_an_export_turned_on_at_a_resume_writes_only_the_epochs_it_saw_whole(tmp_path, capsys):
+    # 4 samples, 3 a step: epoch 1 spans steps 2-3, so a resume after step 2 sees it only in part
+    run_cartography(tmp_path, steps_before_pause=2, export_from_the_resume=True)
+    for name in ("labeled", "unlabeled"):
+        folder = tmp_path / "cartography/allenai" / name / "training_dynamics"
+        assert sorted(p.name for p in folder.iterdir()) == ["dynamics_epoch_2.jsonl"]
+        rows = [json.loads(line) for line in (folder / "dynamics_epoch_2.jsonl").open()]
+        assert len(rows) == 4 and all(any(v != 0 for v in row["logits_epoch_2"]) for row in rows)  # no zero rows
+    assert "turned on at step 2: labeled files from epoch 2 on" in capsys.readouterr().err
 
 
 def read_td_metrics(path):

@@ -13,6 +13,7 @@ samples; optionally allenai's per-epoch training_dynamics files.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,15 +111,19 @@ class _AllenaiExport:
     """
 
     def __init__(self, folder: Path, ids: list[str], gold: torch.Tensor, batch_size: int, num_classes: int,
-                 device: torch.device):
+                 device: torch.device, start_step: int = 0):
         self.folder, self.ids, self.gold, self.batch_size = folder, ids, gold, batch_size
         self.logits = torch.zeros(len(ids), num_classes, device=device)
+        # the first epoch whose every sample this export sees: 0, unless it starts on a resumed run
+        # without the logits of the epoch in progress (turned on at the resume; load() sets it back)
+        self.first_whole_epoch = -(-start_step * batch_size // len(ids))
 
     def record(self, step: int, idx: torch.Tensor, logits: torch.Tensor) -> None:
         size = len(self.ids)
         for epoch, start, end in stream_epoch_segments(size, self.batch_size, step - 1):
             self.logits[idx[start:end]] = logits[start:end]
-            if ((step - 1) * self.batch_size + end) % size == 0:  # this segment completed its epoch
+            # at the end of an epoch, unless part of it ran before this export began: its rows would be zeros
+            if ((step - 1) * self.batch_size + end) % size == 0 and epoch >= self.first_whole_epoch:
                 self._write(epoch)
 
     def _write(self, epoch: int) -> None:
@@ -133,6 +138,7 @@ class _AllenaiExport:
 
     def load(self, state: dict) -> None:
         self.logits.copy_(state["logits"])
+        self.first_whole_epoch = 0
 
 
 class CartographyHook(Hook):
@@ -169,7 +175,7 @@ class CartographyHook(Hook):
                                             context.unlabeled_batch_size)):
                 if name in self.maps:
                     self.exports[name] = _AllenaiExport(folder / "allenai" / name / "training_dynamics", ids, gold, batch,
-                                                        context.num_classes, context.device)
+                                                        context.num_classes, context.device, context.start_step)
         if self._pending_state is not None:
             for name, state in self._pending_state["maps"].items():
                 if name in self.maps:
@@ -178,6 +184,11 @@ class CartographyHook(Hook):
                 if name in self.exports:
                     self.exports[name].load(state)
             self._pending_state = None
+        for name, export in self.exports.items():
+            if export.first_whole_epoch > 0:
+                print(f"debiaspl: hooks cartography export_allenai, turned on at step {context.start_step}: "
+                      f"{name} files from epoch {export.first_whole_epoch} on, the first it sees whole "
+                      f"(allenai's tools read from epoch 0: turn it on from the start)", file=sys.stderr)
 
     def on_step_end(self, record: StepRecord) -> None:
         self.step = record.step
