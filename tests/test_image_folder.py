@@ -402,6 +402,12 @@ def test_only_images_large_enough_to_gain_are_decoded_on_threads_and_both_keep_t
         assert np.array_equal(row, image_folder.decode_image(path, "RGB").transpose(2, 0, 1))
     monkeypatch.setattr(image_folder, "usable_cores", lambda: 1)
     assert image_folder.decoding_map(large) is map  # one core: no threads at all
+    # a streamed folder decides once, on its first batch, and its subsets keep the answer
+    asked = []
+    monkeypatch.setattr(image_folder, "threads_pay_off", lambda path: asked.append(path) or True)
+    streamed = image_folder.FolderImages([str(path) for path in large], 128)
+    first, again = streamed[[0, 1]], streamed.select(np.array([4, 3]))[[0, 1]]
+    assert len(asked) == 1 and torch.equal(again[0], torch.from_numpy(out[4])) and torch.equal(first[1], torch.from_numpy(out[1]))
 
 
 def test_usable_cores_without_an_affinity_call(monkeypatch):

@@ -44,11 +44,11 @@ def reads_class_marginal(name: str) -> bool:
 
 def parse_algorithm_name(name: str) -> tuple[BaseAlgorithm, Layer | None]:
     """'flexmatch+debiaspl' -> (FLEXMATCH, DEBIASPL). Raises ValueError saying what is allowed."""
-    base_name, _, layer_name = str(name).partition(LAYER_SEPARATOR)
-    if isinstance(name, str) and base_name in ALGORITHMS and (not layer_name or layer_name in LAYERS):
-        return ALGORITHMS[base_name], LAYERS[layer_name] if layer_name else None
     if not isinstance(name, str):
         raise ValueError(f"must be a name, one of {', '.join(algorithm_names())}")
+    base_name, _, layer_name = name.partition(LAYER_SEPARATOR)
+    if base_name in ALGORITHMS and (not layer_name or layer_name in LAYERS):
+        return ALGORITHMS[base_name], LAYERS[layer_name] if layer_name else None
     if name in LAYERS:
         raise ValueError(f"{name} is a layer over a base algorithm: write "
                          f"{' or '.join(f'{base}{LAYER_SEPARATOR}{name}' for base in ALGORITHMS)}")

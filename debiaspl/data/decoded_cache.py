@@ -21,7 +21,6 @@ import os
 import re
 import socket
 from pathlib import Path
-
 from typing import Callable
 
 try:
@@ -76,7 +75,9 @@ def cached_images(root: Path, split: str, files: list[Path], ids: list[str], siz
     if not path.exists():
         _build(path, prefix, files, size, f"decoding {root / split} into {path.parent}")
     try:
-        lock = _read_lock(path)
+        # a spawned (not forked) loader worker maps the file again by its name: while these images
+        # live, another job's build must leave it (a later build removes it)
+        lock = _file_lock(path, exclusive=False)
         images = MappedImages.open(path)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the decoded cache {path} ({exc}); delete it and run again") from None
@@ -157,13 +158,6 @@ def _build(path: Path, prefix: str, files: list[Path], size: int, description: s
         if stale != path and ".partial-" not in stale.name and not _in_use(stale):
             stale.unlink(missing_ok=True)
             _stats_path(stale).unlink(missing_ok=True)
-
-
-def _read_lock(path: Path):
-    """The cache file opened with a shared lock, held while the images mapped from it live. A loader
-    worker that is spawned (not forked) maps the file again by its name, so another job's build must
-    not remove it as stale while this one trains: that build leaves it, and a later one removes it."""
-    return _file_lock(path, exclusive=False)
 
 
 def _file_lock(path: Path, exclusive: bool):

@@ -121,15 +121,16 @@ class FolderImages:
 
     decodes_on_read = True
 
-    def __init__(self, files: list[str], size: int):
+    def __init__(self, files: list[str], size: int, threaded: bool | None = None):
         self.files, self.size = files, size
         self.shape = torch.Size([len(files), 3, size, size])
+        self.threaded = threaded  # decode on threads (threads_pay_off): read once, on the first batch
 
     def __len__(self) -> int:
         return len(self.files)
 
     def select(self, indices: np.ndarray) -> "FolderImages":
-        return FolderImages([self.files[int(i)] for i in indices], self.size)
+        return FolderImages([self.files[int(i)] for i in indices], self.size, self.threaded)
 
     def __getitem__(self, key) -> torch.Tensor:
         if isinstance(key, tuple):  # images[i, c, y, x]: the rows first, then a tensor index of the rest
@@ -141,8 +142,11 @@ class FolderImages:
         positions = range(*key.indices(len(self.files))) if isinstance(key, slice) else torch.as_tensor(key).tolist()
         chosen = [Path(self.files[i]) for i in positions]
         out = np.empty((len(chosen), 3, self.size, self.size), dtype=np.uint8)
+        if self.threaded is None and chosen:
+            self.threaded = threads_pay_off(chosen[0])
+        mapped = _thread_pool().map if self.threaded and len(chosen) > 1 else map
         with quiet_bomb_warnings():
-            for index, image in enumerate(decoding_map(chosen)(lambda p: decode_image(p, "RGB", self.size), chosen)):
+            for index, image in enumerate(mapped(lambda p: decode_image(p, "RGB", self.size), chosen)):
                 out[index] = image.transpose(2, 0, 1)
         return torch.from_numpy(out)
 
@@ -156,18 +160,23 @@ _THREADED_DECODE_PIXELS = 128 * 128
 
 
 def decoding_map(files: list[Path]) -> Callable:
-    """`map` for decoding these files in order: the process's threads when its first image is large
-    enough to gain from them and there is more than one core, else the builtin."""
+    """`map` for decoding these files in order: the process's threads where threads_pay_off for the
+    first of them, else the builtin."""
+    return _thread_pool().map if len(files) > 1 and threads_pay_off(files[0]) else map
+
+
+def threads_pay_off(path: Path) -> bool:
+    """Whether a folder whose images are like `path` decodes faster on threads: more than one core and
+    at least _THREADED_DECODE_PIXELS pixels (read from the header alone)."""
     from PIL import Image
 
-    if len(files) < 2 or usable_cores() < 2:
-        return map
+    if usable_cores() < 2:
+        return False
     try:
-        with quiet_bomb_warnings(), Image.open(files[0]) as image:  # the header only
-            large = image.width * image.height >= _THREADED_DECODE_PIXELS
+        with quiet_bomb_warnings(), Image.open(path) as image:
+            return image.width * image.height >= _THREADED_DECODE_PIXELS
     except (*_DECODE_ERRORS, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return map  # decode_image names the file
-    return _thread_pool().map if large else map
+        return False  # decode_image names the file
 
 
 def usable_cores() -> int:

@@ -21,7 +21,7 @@ from debiaspl.engine.distributed import Distributed
 from debiaspl.engine.guard import NonFiniteWatch
 from debiaspl.engine.run_log import NullLog, RunLog
 from debiaspl.engine.trainer import Trainer
-from debiaspl.errors import UserError
+from debiaspl.errors import UserError, first_line
 from debiaspl.files import file_sha256, write_json
 from debiaspl.models.depthwise import Float32DepthwiseConv2d
 from debiaspl.models.external import read_state_dict
@@ -222,8 +222,7 @@ def restore(trainer: Trainer, state: dict, checkpoint: Path) -> None:
     try:
         trainer.load_state_dict(state)
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot resume from {checkpoint}: it does not fit this run ({detail[:200]}); "
+        raise UserError(f"cannot resume from {checkpoint}: it does not fit this run ({first_line(exc)}); "
                         f"{way_back(checkpoint)}") from None
     loaded = {**{f"model.{name}": value for name, value in state["model"].items()},
               **{f"algorithm.{name}": value for name, value in state["algorithm"].items()}}
@@ -264,12 +263,11 @@ def check_resumable(saved: ExperimentConfig, current: ExperimentConfig, run_dir:
     allowed = EXECUTION_KEYS if finished else RESUME_SAFE_KEYS
     blocking = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
                 if old.get(key) != new.get(key) and key not in allowed]
-    if blocking and finished:
-        raise UserError(f"{run_dir} holds a finished run with other settings ({', '.join(blocking)}), and its "
-                        f"results are those of its own; start a new run with --set logging.run_name=NEW_NAME")
     if blocking:
-        raise UserError(f"{run_dir} holds a run with other settings ({', '.join(blocking)}); resume it with "
-                        f"the same settings, or start a new run with --set logging.run_name=NEW_NAME")
+        what, way = (("a finished run", ", and its results are those of its own;") if finished else
+                     ("a run", "; resume it with the same settings, or"))
+        raise UserError(f"{run_dir} holds {what} with other settings ({', '.join(blocking)}){way} start a new "
+                        f"run with --set logging.run_name=NEW_NAME")
 
 
 def hyperparameters(config: ExperimentConfig) -> dict:

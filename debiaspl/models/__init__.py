@@ -10,7 +10,7 @@ from typing import Callable, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from debiaspl.errors import UserError
+from debiaspl.errors import UserError, first_line
 from debiaspl.models.depthwise import keep_depthwise_in_float32
 from debiaspl.models.ema import ModelEMA
 from debiaspl.models.external import ExternalClassifier, build_external, explain_unknown, is_external_name, load_weights
@@ -118,10 +118,9 @@ def check_takes_images(model: nn.Module, image_shape: tuple[int, int, int], name
         with torch.no_grad():
             model(torch.zeros(2, *image_shape, device=next(model.parameters()).device))
     except (RuntimeError, AssertionError, ValueError, IndexError) as exc:
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         channels, height, width = image_shape
         raise UserError(f"model.name = {name!r} does not take the data's {channels} x {height} x {width} images "
-                        f"({detail}); set data.image_size to a size it takes, or choose another architecture") from None
+                        f"({first_line(exc)}); set data.image_size to a size it takes, or choose another architecture") from None
     finally:
         model.train(was_training)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from debiaspl.errors import UserError
+from debiaspl.errors import UserError, first_line
 
 LIBRARIES = ("torchvision", "timm")
 _log = logging.getLogger("debiaspl.models")
@@ -220,8 +220,8 @@ def read_state_dict(path: str) -> dict[str, Tensor]:
     except FileNotFoundError:
         raise UserError(f"model.weights = {path!r}: no such file") from None
     except Exception as exc:  # torch raises many types here (zip, pickle, weights_only refusals)
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"model.weights = {path!r}: cannot read it as a PyTorch state_dict ({first_line})") from None
+        raise UserError(f"model.weights = {path!r}: cannot read it as a PyTorch state_dict "
+                        f"({first_line(exc, limit=None)})") from None
     for entry in ("state_dict", "model"):
         if isinstance(loaded, Mapping) and isinstance(loaded.get(entry), Mapping):
             loaded = loaded[entry]
@@ -273,8 +273,7 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
     try:
         result = model.load_state_dict(state, strict=False)
     except (RuntimeError, ValueError) as exc:
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"model.weights = {path!r} does not fit {name}: {detail}") from None
+        raise UserError(f"model.weights = {path!r} does not fit {name}: {first_line(exc)}") from None
     missing = [shown(k) for k in result.missing_keys if k not in skipped]
     unexpected = [shown(k) for k in result.unexpected_keys]
     problems = [_first(keys, what) for keys, what in ((missing, "missing keys"), (unexpected, "unexpected keys"))
